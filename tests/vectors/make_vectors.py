@@ -1,0 +1,104 @@
+"""Regenerate chunks.json, the protocol v1 chunk test vectors (docs/protocol.md).
+
+Written from the document with nothing but struct and zlib, independent of the node and the
+backend code, so that both are checked against the contract rather than against each other.
+Run: .venv/bin/python tests/vectors/make_vectors.py
+"""
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+HEADER = ">2sBBIIIIHHHH"
+
+
+def frame_bytes(n: int, seed: int) -> bytes:
+    return bytes((i * 31 + seed) & 0xFF for i in range(n))
+
+
+def chunks(frame: bytes, frame_id: int, chunk_size: int, meta: dict | None, flags: int = 0):
+    count = (len(frame) + chunk_size - 1) // chunk_size
+    crc = zlib.crc32(frame) & 0xFFFFFFFF
+    out = []
+    for i in range(count):
+        m = b""
+        f = flags
+        if i == 0 and meta is not None:
+            m = json.dumps(meta, separators=(",", ":")).encode()
+            f |= 1
+        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i, count,
+                          len(m), 0)
+        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
+    return out
+
+
+def valid_cases():
+    meta = {"t": 1763980000.25, "up": 5123, "trigger": "command", "fs": "VGA", "q": 80,
+            "wake": "none", "cmd": "a1"}
+    specs = [
+        ("one byte", 1, 256, 1, meta, 0),
+        ("three and a bit chunks", 1000, 256, 7, meta, 0),
+        ("exact multiple of chunk size", 512, 256, 4294967295, None, 0),
+        ("default chunk size", 10000, 4096, 42, {"trigger": "interval", "t": None}, 0),
+        ("resent chunks", 700, 256, 9, None, 2),
+    ]
+    cases = []
+    for seed, (name, n, cs, fid, m, flags) in enumerate(specs):
+        frame = frame_bytes(n, seed)
+        cs_list = chunks(frame, fid, cs, m, flags)
+        cases.append({
+            "name": name,
+            "frame_id": fid,
+            "chunk_size": cs,
+            "flags": flags,
+            "frame_hex": frame.hex(),
+            "crc32": zlib.crc32(frame) & 0xFFFFFFFF,
+            "meta": m,
+            "chunks_hex": [c.hex() for c in cs_list],
+        })
+    return cases
+
+
+def invalid_cases():
+    good = chunks(frame_bytes(1000, 1), 5, 256, {"trigger": "boot"})
+    c0, c1 = good[0], good[1]
+
+    def patch(c: bytes, off: int, fmt: str, value) -> bytes:
+        b = bytearray(c)
+        struct.pack_into(fmt, b, off, value)
+        return bytes(b)
+
+    meta_on_1 = bytearray(c1)
+    meta_on_1[3] = 1
+    return [
+        ("shorter than header", c0[:20]),
+        ("bad magic", b"XX" + c0[2:]),
+        ("unknown version", patch(c0, 2, ">B", 2)),
+        ("total_len zero", patch(c0, 8, ">I", 0)),
+        ("total_len too large", patch(c0, 8, ">I", 16777217)),
+        ("chunk_size too small", patch(c0, 16, ">I", 100)),
+        ("chunk_size too large", patch(c0, 16, ">I", 65537)),
+        ("count disagrees", patch(c1, 22, ">H", 5)),
+        ("index beyond count", patch(c1, 20, ">H", 4)),
+        ("payload too short", c1[:-1]),
+        ("payload too long", c1 + b"\x00"),
+        ("meta_len beyond message", patch(c0, 24, ">H", 60000)),
+        ("meta_len without meta flag", patch(c1, 24, ">H", 3)),
+        ("metadata on chunk other than 0", bytes(meta_on_1)),
+    ]
+
+
+def main() -> None:
+    doc = {
+        "protocol": 1,
+        "about": "Frame chunk vectors for espcam protocol v1, see docs/protocol.md",
+        "valid": valid_cases(),
+        "invalid": [{"name": n, "chunk_hex": c.hex()} for n, c in invalid_cases()],
+    }
+    out = Path(__file__).with_name("chunks.json")
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
