@@ -55,6 +55,8 @@ def valid_cases():
             "frame_hex": frame.hex(),
             "crc32": zlib.crc32(frame) & 0xFFFFFFFF,
             "meta": m,
+            # The exact metadata bytes in chunk 0 (key order is not part of the contract).
+            "meta_json": json.dumps(m, separators=(",", ":")) if m is not None else None,
             "chunks_hex": [c.hex() for c in cs_list],
         })
     return cases

@@ -1,0 +1,113 @@
+# The node's MQTT connection, over umqtt.simple. umqtt.simple has three traps this module
+# exists to defuse: it never pings by itself, its QoS 1 publish waits for PUBACK with no
+# timeout, and wait_msg() puts the socket back into blocking mode. We hand umqtt a socket
+# wrapper whose "blocking" mode is really "timeout", so no read or write can hang forever.
+import select
+
+from umqtt.simple import MQTTClient
+
+# Commands are at most 1024 bytes (protocol). umqtt reads a message in one allocation, so a
+# hostile 1 MB command would exhaust the heap and, never acknowledged, come back on every
+# reconnect. The wrapper drains oversize reads instead and hands umqtt this marker.
+MAX_MSG = 1024
+TOO_BIG = b"\x00too big"
+
+
+class _Sock:
+    def __init__(self, sock, timeout):
+        self.sock = sock
+        self.timeout = timeout
+        self._scratch = None
+        sock.settimeout(timeout)
+
+    def setblocking(self, flag):
+        self.sock.settimeout(self.timeout if flag else 0)
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def read(self, n):
+        if n <= MAX_MSG:
+            return self.sock.read(n)
+        if self._scratch is None:
+            self._scratch = bytearray(256)
+        mv = memoryview(self._scratch)
+        while n > 0:
+            got = self.sock.readinto(mv[:min(n, 256)])
+            if not got:
+                raise OSError("connection closed")
+            n -= got
+        return TOO_BIG
+
+    def write(self, buf, n=None):
+        if n is None:
+            return self.sock.write(buf)
+        return self.sock.write(buf, n)
+
+    def close(self):
+        self.sock.close()
+
+
+class Link:
+    def __init__(self, cfg, on_message):
+        b = cfg["broker"]
+        node = cfg["node_id"]
+        self.base = cfg["prefix"] + "/" + node + "/"
+        self.timeout = cfg["socket_timeout"]
+        self.keepalive = cfg["keepalive"]
+        self.client = MQTTClient(node, b["host"], port=b["port"], user=b.get("user"),
+                                 password=b.get("password"), keepalive=self.keepalive)
+        self.client.set_callback(on_message)
+        self.client.set_last_will(self.topic("availability"), b"offline", retain=True, qos=1)
+        self.poller = None
+        self.up = False
+
+    def topic(self, leaf):
+        return self.base + leaf
+
+    def connect(self):
+        # Returns True if the broker still had our session (queued commands will follow).
+        c = self.client
+        try:
+            present = c.connect(clean_session=False, timeout=self.timeout)  # umqtt >= 1.5
+        except TypeError:
+            present = c.connect(clean_session=False)  # 1.3/1.4: no connect timeout
+        c.sock = _Sock(c.sock, self.timeout)
+        self.poller = select.poll()
+        self.poller.register(c.sock.sock, select.POLLIN)
+        self.up = True
+        c.subscribe(self.topic("cmd"), qos=1)
+        self.publish("availability", b"online", retain=True, qos=1)
+        return bool(present)
+
+    def publish(self, leaf, msg, retain=False, qos=0):
+        self.client.publish(self.topic(leaf), msg, retain, qos)
+
+    def publish_raw(self, topic, msg, qos):
+        self.client.publish(topic, msg, False, qos)
+
+    def wait(self, ms):
+        # Waits up to ms for traffic and dispatches every message that has arrived.
+        if self.poller.poll(ms):
+            while True:
+                self.client.check_msg()
+                if not self.poller.poll(0):
+                    break
+
+    def ping(self):
+        self.client.ping()
+
+    def close(self, goodbye=False):
+        # goodbye: a clean DISCONNECT, so the broker does not publish our last will.
+        self.up = False
+        c = self.client
+        if c.sock is None:
+            return
+        try:
+            if goodbye:
+                c.disconnect()
+            else:
+                c.sock.close()
+        except Exception:
+            pass
+        c.sock = None

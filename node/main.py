@@ -1,0 +1,30 @@
+# main.py starts the espcam app unless the board is in safe mode (see boot.py).
+import os
+
+try:
+    os.stat("safe_mode")
+    safe = True
+except OSError:
+    safe = False
+
+if not safe:
+    from espcam import app
+
+    try:
+        app.main()
+    except Exception as e:
+        # A bug, not a network problem (those are handled inside). Leave a trace, give a person
+        # 30 s to press Ctrl-C, then start over rather than sit dead at the REPL.
+        import sys
+        import time
+
+        from espcam import hw
+
+        with open("last_error.txt", "w") as f:
+            sys.print_exception(e, f)
+        sys.print_exception(e)
+        print("espcam: crashed; resetting in 30 s (Ctrl-C for the REPL)")
+        for _ in range(300):
+            hw.feed()
+            time.sleep_ms(100)
+        hw.reset()
