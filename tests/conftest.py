@@ -15,3 +15,30 @@ def broker(tmp_path):
     b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def observer(broker):
+    from observer import Observer
+
+    o = Observer(broker.host, broker.port)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def make_node(broker, tmp_path):
+    """Factory for simulated nodes (the real node/ files on MicroPython) on the test broker."""
+    from sim.runner import SimNode
+
+    nodes = []
+
+    def make(name="cam-1", **kw):
+        n = SimNode(name, tmp_path / "nodes" / name, broker.host, broker.port, **kw)
+        nodes.append(n)
+        n.start()
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()

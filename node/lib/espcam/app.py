@@ -276,7 +276,7 @@ class Node:
             self.capture("interval")
         if time.ticks_diff(now, self.next_state) >= 0:
             self.publish_state()
-        if time.ticks_diff(now, self.next_ping) >= 0:
+        if cfg["keepalive"] and time.ticks_diff(now, self.next_ping) >= 0:
             self.link.ping()
             self.next_ping = time.ticks_add(now, cfg["keepalive"] * 500)
         if self.duty_sleep_at is not None and time.ticks_diff(now, self.duty_sleep_at) >= 0:

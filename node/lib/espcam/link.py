@@ -3,6 +3,7 @@
 # timeout, and wait_msg() puts the socket back into blocking mode. We hand umqtt a socket
 # wrapper whose "blocking" mode is really "timeout", so no read or write can hang forever.
 import select
+import time
 
 from umqtt.simple import MQTTClient
 
@@ -18,6 +19,7 @@ class _Sock:
         self.sock = sock
         self.timeout = timeout
         self._scratch = None
+        self.last_rx = time.ticks_ms()
         sock.settimeout(timeout)
 
     def setblocking(self, flag):
@@ -28,7 +30,10 @@ class _Sock:
 
     def read(self, n):
         if n <= MAX_MSG:
-            return self.sock.read(n)
+            b = self.sock.read(n)
+            if b:
+                self.last_rx = time.ticks_ms()
+            return b
         if self._scratch is None:
             self._scratch = bytearray(256)
         mv = memoryview(self._scratch)
@@ -95,6 +100,11 @@ class Link:
                     break
 
     def ping(self):
+        # The broker answers every ping, so silence for 1.5 keepalives means a dead link that
+        # TCP has not noticed yet (Wi-Fi gone without a reset): give up on it now.
+        quiet = time.ticks_diff(time.ticks_ms(), self.client.sock.last_rx)
+        if quiet > self.keepalive * 1500:
+            raise OSError("no traffic from the broker for %d s" % (quiet // 1000))
         self.client.ping()
 
     def close(self, goodbye=False):

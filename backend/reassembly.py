@@ -1,0 +1,255 @@
+"""Reassembling frames from chunks, with bounded memory and resend bookkeeping.
+
+No MQTT and no disk here: the subscriber feeds decoded chunks in and acts on what comes out
+(complete frames, resend requests, lost frames).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from backend.protocol import Chunk
+
+log = logging.getLogger("espcam.reassembly")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what incomplete frames may cost; every field is a setting (docs/backend.md)."""
+
+    max_frame_bytes: int = 4 * 1024 * 1024  # UXGA JPEGs are ~400 KB; the protocol allows 16 MiB
+    max_chunks: int = 4096
+    max_frames_per_node: int = 4
+    max_frames_total: int = 64
+    max_bytes_total: int = 64 * 1024 * 1024
+    resend_after: float = 2.0  # seconds without a new chunk before asking for the missing ones
+    resend_tries: int = 3
+    max_age: float = 60.0  # an incomplete frame older than this is lost whatever else happens
+    remember_done: int = 256  # finished frame ids per node, so late duplicates are recognised
+
+
+@dataclass
+class Frame:
+    """A reassembled frame whose CRC matched; not yet known to be a JPEG."""
+
+    node: str
+    frame_id: int
+    data: bytes
+    crc32: int
+    meta: dict[str, Any]
+    first_chunk_at: float
+
+
+@dataclass(frozen=True)
+class ResendRequest:
+    node: str
+    frame_id: int
+    chunks: list[int]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Lost:
+    node: str
+    frame_id: int
+    reason: str
+    missing: int  # chunks still missing when given up
+
+
+class FrameRejected(ValueError):
+    """A complete frame that must not be stored (CRC mismatch, not a JPEG)."""
+
+
+@dataclass
+class _Partial:
+    node: str
+    frame_id: int
+    shape: tuple[int, int, int, int]
+    started: float
+    last_chunk: float
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    meta: dict[str, Any] | None = None
+    received: int = 0
+    tries: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.shape[3]
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if i not in self.chunks]
+
+
+class Reassembler:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.counters: Counter[str] = Counter()
+        # Insertion order is arrival order of each frame's first chunk: the oldest is evicted.
+        self._partials: OrderedDict[tuple[str, int], _Partial] = OrderedDict()
+        self._done: dict[str, deque[int]] = {}
+        self._bytes = 0
+
+    # -- public view ---------------------------------------------------------------------
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    @property
+    def frames_held(self) -> int:
+        return len(self._partials)
+
+    def is_done(self, node: str, frame_id: int) -> bool:
+        return frame_id in self._done.get(node, ())
+
+    # -- input ---------------------------------------------------------------------------
+
+    def add(self, node: str, chunk: Chunk, now: float) -> tuple[Frame | None, list[Lost]]:
+        """Take one chunk. Returns a complete frame (CRC checked) if this chunk completed one,
+        and frames evicted to make room. Raises ChunkError-like ValueError for a chunk that
+        disagrees with the frame it claims to belong to or with the limits."""
+        self.counters["chunks"] += 1
+        key = (node, chunk.frame_id)
+        if self.is_done(node, chunk.frame_id):
+            self.counters["duplicate_chunks"] += 1
+            return None, []
+        evicted: list[Lost] = []
+        part = self._partials.get(key)
+        if part is None:
+            self._check_limits(chunk)
+            evicted = self._make_room(node)
+            part = _Partial(node, chunk.frame_id, chunk.shape(), now, now)
+            self._partials[key] = part
+        elif part.shape != chunk.shape():
+            self.counters["rejected_chunks"] += 1
+            raise ValueError(
+                f"chunk {chunk.index} of frame {chunk.frame_id} disagrees with earlier chunks "
+                f"(total_len, crc32, chunk_size, count {chunk.shape()} != {part.shape})"
+            )
+        if chunk.index in part.chunks:
+            self.counters["duplicate_chunks"] += 1
+            return None, evicted
+        part.chunks[chunk.index] = chunk.payload
+        part.received += len(chunk.payload)
+        part.last_chunk = now
+        self._bytes += len(chunk.payload)
+        if chunk.meta is not None:
+            part.meta = chunk.meta
+        if len(part.chunks) < part.count:
+            return None, evicted
+        return self._finish(part), evicted
+
+    def _check_limits(self, chunk: Chunk) -> None:
+        lim = self.limits
+        if chunk.total_len > lim.max_frame_bytes:
+            self.counters["rejected_chunks"] += 1
+            raise ValueError(
+                f"frame {chunk.frame_id} of {chunk.total_len} bytes is above the limit "
+                f"max_frame_bytes={lim.max_frame_bytes}"
+            )
+        if chunk.count > lim.max_chunks:
+            self.counters["rejected_chunks"] += 1
+            raise ValueError(
+                f"frame {chunk.frame_id} of {chunk.count} chunks is above the limit "
+                f"max_chunks={lim.max_chunks}"
+            )
+
+    def _make_room(self, node: str) -> list[Lost]:
+        lim = self.limits
+        out: list[Lost] = []
+        mine = [p for p in self._partials.values() if p.node == node]
+        while len(mine) >= lim.max_frames_per_node:
+            out.append(self._drop(mine.pop(0), "evicted: too many incomplete frames of this node"))
+        while self._partials and (
+            len(self._partials) >= lim.max_frames_total or self._bytes >= lim.max_bytes_total
+        ):
+            oldest = next(iter(self._partials.values()))
+            out.append(self._drop(oldest, "evicted: too many incomplete frames in total"))
+        return out
+
+    def _finish(self, part: _Partial) -> Frame:
+        self._forget(part)
+        data = b"".join(part.chunks[i] for i in range(part.count))
+        total_len, crc, _, _ = part.shape
+        actual = zlib.crc32(data) & 0xFFFFFFFF
+        if actual != crc:
+            self.counters["crc_failures"] += 1
+            raise FrameRejected(
+                f"node {part.node} frame {part.frame_id}: CRC32 {actual:08x} does not match "
+                f"the header's {crc:08x}; frame rejected"
+            )
+        self.counters["frames_complete"] += 1
+        return Frame(part.node, part.frame_id, data, crc, part.meta or {}, part.started)
+
+    def _forget(self, part: _Partial) -> None:
+        self._partials.pop((part.node, part.frame_id), None)
+        self._bytes -= part.received
+        done = self._done.setdefault(part.node, deque(maxlen=self.limits.remember_done))
+        done.append(part.frame_id)
+
+    def _drop(self, part: _Partial, reason: str) -> Lost:
+        missing = len(part.missing())
+        self._forget(part)
+        self.counters["frames_lost"] += 1
+        lost = Lost(part.node, part.frame_id, reason, missing)
+        log.warning(
+            "LOST frame %d of node %s: %s (%d of %d chunks missing)",
+            part.frame_id, part.node, reason, missing, part.count,
+        )
+        return lost
+
+    # -- time ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[list[ResendRequest], list[Lost]]:
+        """Ask again for missing chunks of quiet frames; give up on frames past their tries."""
+        lim = self.limits
+        requests: list[ResendRequest] = []
+        lost: list[Lost] = []
+        for part in list(self._partials.values()):
+            if now - part.started > lim.max_age:
+                lost.append(self._drop(part, f"incomplete after max_age={lim.max_age:g}s"))
+            elif now - part.last_chunk >= lim.resend_after:
+                if part.tries >= lim.resend_tries:
+                    lost.append(self._drop(part, f"still incomplete after {part.tries} resend "
+                                                 "requests"))
+                    continue
+                part.tries += 1
+                part.last_chunk = now  # wait another resend_after for the answer
+                self.counters["resend_requests"] += 1
+                requests.append(ResendRequest(part.node, part.frame_id, part.missing(),
+                                              part.tries))
+        return requests, lost
+
+    def give_up(self, node: str, frame_id: int, reason: str) -> Lost | None:
+        """The node says it cannot resend (e.g. "frame N is no longer held")."""
+        part = self._partials.get((node, frame_id))
+        return self._drop(part, reason) if part else None
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    width: int
+    height: int
+
+
+def inspect_jpeg(data: bytes) -> JpegInfo:
+    """Decode the whole image; raise FrameRejected unless it is a JPEG Pillow can decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG":
+                raise FrameRejected(f"frame is {img.format or 'unknown format'}, not JPEG")
+            img.load()  # a full decode: catches truncated and corrupt scans, not just headers
+            return JpegInfo(img.width, img.height)
+    except FrameRejected:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FrameRejected(f"frame is not a decodable JPEG: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise FrameRejected(f"frame rejected as a decompression bomb: {e}") from None

@@ -1,0 +1,245 @@
+# Host stand-in for the `machine` module of MicroPython's ESP32 port, for the simulator.
+# Per-node state lives in $ESPCAM_SIM_DIR: boot.json (reset cause and wake reason of this boot,
+# written by the runner), pins.json (levels of output pins), rtc.bin (RTC memory), wdt.json and
+# wdt (watchdog timeout and heartbeat), ctl/ (injected events), exit.json (why the chip stopped).
+import json
+import os
+import time
+
+import _simboard as _sb
+
+# Reset causes and wake reasons: the ESP32 port's values.
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+SLEEP = 2
+DEEPSLEEP = 4
+PIN_WAKE = 2
+EXT0_WAKE = 2
+EXT1_WAKE = 3
+TIMER_WAKE = 4
+TOUCHPAD_WAKE = 5
+ULP_WAKE = 6
+
+_boot = _sb.read_json(_sb.path("boot.json"), {})
+_freq = 160000000
+
+# GPIOs of the ESP32: which exist, which are input-only, which are RTC GPIOs (deep-sleep wake
+# and hold).
+_GPIOS = tuple(range(0, 20)) + (21, 22, 23, 25, 26, 27) + tuple(range(32, 40))
+_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
+RTC_GPIOS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39)
+
+_levels = {}     # pin id -> level driven (outputs) or read (inputs)
+_modes = {}
+_held = {}
+_irqs = {}       # pin id -> (trigger, handler)
+_pins = {}       # one Pin object per GPIO, as on the board
+
+
+def _save_pins():
+    d = {}
+    for k in _levels:
+        if _modes.get(k) in (Pin.OUT, Pin.OPEN_DRAIN):
+            d[str(k)] = _levels[k]
+    _sb.write_atomic(_sb.path("pins.json"), json.dumps(d))
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    PULL_HOLD = 4
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __new__(cls, id, *args, **kw):
+        p = _pins.get(id)
+        if p is None:
+            if id not in _GPIOS:
+                raise ValueError("invalid pin")
+            p = object.__new__(cls)
+            p._id = id
+            _pins[id] = p
+        return p
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        self.init(mode, pull, value=value, drive=drive, hold=hold)
+
+    def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        i = self._id
+        if hold is False:
+            _held[i] = False
+        if _held.get(i):
+            return       # a held pin ignores changes until hold=False
+        if mode != -1 and mode is not None:
+            if mode in (Pin.OUT, Pin.OPEN_DRAIN) and i in _INPUT_ONLY:
+                raise ValueError("pin can only be input")
+            _modes[i] = mode
+        if value is not None:
+            self.value(value)
+        elif mode in (Pin.OUT, Pin.OPEN_DRAIN) and i not in _levels:
+            self.value(0)
+        if hold:
+            _held[i] = True
+
+    def __repr__(self):
+        return "Pin(%d)" % self._id
+
+    def value(self, v=None):
+        i = self._id
+        if v is None:
+            return _levels.get(i, 0)
+        if _held.get(i):
+            return None
+        v = 1 if v else 0
+        if _levels.get(i) != v or i not in _levels:
+            _levels[i] = v
+            if _modes.get(i) in (Pin.OUT, Pin.OPEN_DRAIN):
+                _save_pins()
+        return None
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, *, priority=1, wake=None, hard=False):
+        if handler is None:
+            _irqs.pop(self._id, None)
+        else:
+            _irqs[self._id] = (trigger, handler)
+        return None
+
+
+def idle():
+    # On the board: yield to other tasks, return at once. Here also where injected events
+    # (ctl/motion: a rising edge on every input pin with a rising-edge handler) are delivered.
+    if _irqs and _sb.take_ctl("motion"):
+        for i in _irqs:
+            trig, handler = _irqs[i]
+            if trig & Pin.IRQ_RISING and _modes.get(i) == Pin.IN:
+                handler(_pins[i])
+    return None
+
+
+def disable_irq():
+    return 1
+
+
+def enable_irq(state=1):
+    return None
+
+
+def reset_cause():
+    return _boot.get("reset_cause", PWRON_RESET)
+
+
+def wake_reason():
+    return _boot.get("wake_reason", 0)
+
+
+def unique_id():
+    return _sb.mac()
+
+
+def freq(hz=None):
+    global _freq
+    if hz is None:
+        return _freq
+    if hz // 1000000 not in (20, 40, 80, 160, 240):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    _freq = hz
+
+
+def lightsleep(time_ms=0):
+    if time_ms:
+        time.sleep_ms(time_ms)
+
+
+sleep = lightsleep
+
+
+def deepsleep(time_ms=0):
+    # Never returns: the runner restarts the node after time_ms (timer wake) or, if ext0 wake
+    # was armed through esp32.wake_on_ext0, earlier on injected motion (pin wake).
+    try:
+        import esp32
+        ext0, level = esp32._ext0
+    except (ImportError, AttributeError, TypeError):
+        ext0, level = None, None
+    held = {}
+    for i in _held:
+        if _held[i] and i in RTC_GPIOS and i in _levels:
+            held[str(i)] = _levels[i]
+    _sb.exit_board("deepsleep", {"ms": time_ms or None, "ext0": ext0, "level": level,
+                                 "held": held})
+
+
+def reset():
+    _sb.exit_board("reset")
+
+
+def soft_reset():
+    _sb.exit_board("soft_reset")
+
+
+class RTC:
+    _MAX = 2048
+
+    def __init__(self, id=0):
+        pass
+
+    def memory(self, data=None):
+        p = _sb.path("rtc.bin")
+        if data is None:
+            try:
+                with open(p, "rb") as f:
+                    return f.read()
+            except OSError:
+                return b""
+        if len(data) > RTC._MAX:
+            raise ValueError("buffer too long")
+        _sb.write_atomic(p, bytes(data))
+
+    def datetime(self, dt=None):
+        # The host clock is already right; setting it is accepted and ignored.
+        if dt is not None:
+            return None
+        t = time.localtime()
+        return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+
+    def init(self, dt=None):
+        return None
+
+
+class WDT:
+    # The runner kills and restarts (WDT_RESET) a node whose heartbeat file is older than the
+    # timeout. It cannot be stopped; a new WDT() reconfigures the timeout, as on the ESP32.
+    def __init__(self, id=0, timeout=5000):
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
+        _sb.write_atomic(_sb.path("wdt.json"), json.dumps({"timeout": timeout}))
+        self.feed()
+
+    def feed(self):
+        with open(_sb.path("wdt"), "w") as f:
+            f.write("1")
+
+
+def time_pulse_us(pin, level, timeout_us=1000000):
+    return -2

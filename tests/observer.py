@@ -1,0 +1,146 @@
+"""A plain paho subscriber for tests: sees what a user would see with `mosquitto_sub -v`."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+HEADER = ">2sBBIIIIHHHH"
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Chunk:
+    flags: int
+    frame_id: int
+    total: int
+    crc: int
+    chunk_size: int
+    index: int
+    count: int
+    meta: dict | None
+    payload: bytes
+
+
+def parse_chunk(b: bytes) -> Chunk:
+    magic, ver, flags, fid, total, crc, cs, idx, count, mlen, _ = struct.unpack_from(HEADER, b)
+    assert magic == b"EC" and ver == 1
+    meta = json.loads(b[28:28 + mlen]) if mlen else None
+    return Chunk(flags, fid, total, crc, cs, idx, count, meta, b[28 + mlen:])
+
+
+class Observer:
+    def __init__(self, host: str, port: int, topic: str = "espcam/#", **auth) -> None:
+        self.msgs: list[Msg] = []
+        self.cond = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4()}")
+        if auth:
+            self.c.username_pw_set(auth["user"], auth["password"])
+        self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect(host, port)
+        self.c.loop_start()
+        assert subscribed.wait(10), "observer could not subscribe"
+
+    def _on_message(self, c, u, m) -> None:
+        with self.cond:
+            self.msgs.append(Msg(m.topic, m.payload, m.retain, m.qos))
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+    def wait(self, pred, timeout: float = 30, start: int = 0) -> Msg:
+        """First message (from index `start`) for which pred(msg) is true."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            i = start
+            while True:
+                while i < len(self.msgs):
+                    if pred(self.msgs[i]):
+                        return self.msgs[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(m.topic, m.payload[:80]) for m in self.msgs[-15:]]
+                    raise AssertionError(f"no matching message in {timeout}s; last: {seen}")
+                self.cond.wait(left)
+
+    def mark(self) -> int:
+        with self.cond:
+            return len(self.msgs)
+
+    def topic(self, t: str, timeout: float = 30, start: int = 0, payload: bytes | None = None):
+        return self.wait(
+            lambda m: m.topic == t and (payload is None or m.payload == payload), timeout, start
+        )
+
+    def json_on(self, t: str, pred=lambda d: True, timeout: float = 30, start: int = 0) -> dict:
+        m = self.wait(lambda m: m.topic == t and pred(json.loads(m.payload)), timeout, start)
+        return json.loads(m.payload)
+
+    def command(self, node: str, cmd: dict | bytes | str, prefix: str = "espcam",
+                timeout: float = 30) -> dict:
+        """Publish a command and return its ack (the one echoing its id, or the next one)."""
+        start = self.mark()
+        payload = cmd if isinstance(cmd, bytes | str) else json.dumps(cmd)
+        self.c.publish(f"{prefix}/{node}/cmd", payload, qos=1)
+        cid = cmd.get("id") if isinstance(cmd, dict) else None
+        return self.json_on(
+            f"{prefix}/{node}/ack",
+            lambda d: cid is None or d.get("id") == cid,
+            timeout,
+            start,
+        )
+
+    def frame(self, node: str, frame_id: int, timeout: float = 30, start: int = 0,
+              prefix: str = "espcam") -> tuple[bytes, dict | None, list[Chunk]]:
+        """Reassemble one frame from its chunks; returns (jpeg, metadata, chunks seen)."""
+        t = f"{prefix}/{node}/frame"
+        deadline = time.monotonic() + timeout
+        while True:
+            chunks = [parse_chunk(m.payload) for m in self.msgs[start:] if m.topic == t]
+            mine = [c for c in chunks if c.frame_id == frame_id]
+            if mine and len({c.index for c in mine}) == mine[0].count:
+                first = mine[0]
+                data = bytearray(first.total)
+                meta = None
+                for c in mine:
+                    data[c.index * c.chunk_size:c.index * c.chunk_size + len(c.payload)] = (
+                        c.payload
+                    )
+                    meta = c.meta or meta
+                assert zlib.crc32(data) == first.crc, "CRC mismatch"
+                return bytes(data), meta, mine
+            if time.monotonic() > deadline:
+                raise AssertionError(f"frame {frame_id} incomplete: {len(mine)} chunks")
+            time.sleep(0.05)
+
+
+def retained(host: str, port: int, topic: str, timeout: float = 5) -> bytes | None:
+    """What a fresh subscriber gets as the retained message on `topic`."""
+    o = Observer(host, port, topic)
+    try:
+        return o.wait(lambda m: m.retain, timeout).payload
+    except AssertionError:
+        return None
+    finally:
+        o.close()

@@ -1,0 +1,175 @@
+"""A simulated node (the unmodified node/ files on MicroPython) against a real Mosquitto."""
+
+import json
+import time
+
+import pytest
+from observer import retained
+
+PIN_FLASH = 4
+
+
+def online(observer, node="cam-1", start=0, timeout=30):
+    observer.topic(f"espcam/{node}/availability", timeout, start, payload=b"online")
+
+
+def wait_until(pred, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_birth_and_retained_state(broker, observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    state = observer.json_on("espcam/cam-1/state")
+    assert state["proto"] == 1 and state["node"] == "cam-1"
+    assert state["reset_cause"] == "power_on"
+    assert state["settings"]["frame_size"] == "VGA"
+    for key in ("app", "fw", "ip", "rssi", "heap_free", "uptime", "mac", "camera"):
+        assert key in state
+    # A subscriber arriving later still sees both, because they are retained.
+    assert retained(broker.host, broker.port, "espcam/cam-1/availability") == b"online"
+    assert json.loads(retained(broker.host, broker.port, "espcam/cam-1/state"))["node"] == "cam-1"
+    assert node.status == "running"
+
+
+@pytest.mark.parametrize("camera_api", ["module", "class"])
+def test_capture_command_delivers_the_exact_bytes_captured(observer, make_node, camera_api):
+    node = make_node("cam-1", camera_api=camera_api)
+    online(observer)
+    start = observer.mark()
+    ack = observer.command("cam-1", {"id": "c1", "cmd": "capture"})
+    assert ack["ok"] is True and ack["cmd"] == "capture"
+    fid = ack["result"]["frame"]
+    data, meta, chunks = observer.frame("cam-1", fid, start=start)
+    assert data == node.captures()[-1].read_bytes()
+    assert data[:2] == b"\xff\xd8"
+    assert meta["trigger"] == "command" and meta["cmd"] == "c1" and meta["fs"] == "VGA"
+    # Two captures in a row are two different frames with different ids.
+    ack2 = observer.command("cam-1", {"id": "c2", "cmd": "capture"})
+    data2, _, _ = observer.frame("cam-1", ack2["result"]["frame"], start=start)
+    assert ack2["result"]["frame"] == fid + 1
+    assert data2 == node.captures()[-1].read_bytes() and data2 != data
+
+
+def test_flash_on_off_pulse_drive_the_led_pin(observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    assert observer.command("cam-1", {"id": "f1", "cmd": "flash", "state": "on"})["ok"]
+    wait_until(lambda: node.pins().get(PIN_FLASH) == 1, what="flash on")
+    assert observer.command("cam-1", {"id": "f2", "cmd": "flash", "state": "off"})["ok"]
+    wait_until(lambda: node.pins().get(PIN_FLASH) == 0, what="flash off")
+    ack = observer.command("cam-1", {"id": "f3", "cmd": "flash", "state": "pulse", "ms": 300})
+    assert ack["ok"] and ack["result"] == {"flash": "on"}
+    wait_until(lambda: node.pins().get(PIN_FLASH) == 1, what="pulse on")
+    wait_until(lambda: node.pins().get(PIN_FLASH) == 0, what="pulse off")
+
+
+def test_sleep_is_not_offline_and_queued_commands_run_after_wake(broker, observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    ack = observer.command("cam-1", {"id": "s1", "cmd": "sleep", "seconds": 3})
+    assert ack["ok"] and ack["result"] == {"sleep": 3}
+    m = observer.wait(lambda m: m.topic == "espcam/cam-1/availability" and m.payload != b"online")
+    assert m.payload == b"sleeping"
+    # Sent while the node sleeps: the broker holds it in the node's persistent session.
+    start = observer.mark()
+    observer.c.publish("espcam/cam-1/cmd", json.dumps({"id": "q1", "cmd": "capture"}), qos=1)
+    online(observer, start=start, timeout=40)
+    ack = observer.json_on("espcam/cam-1/ack", lambda d: d["id"] == "q1", 30, start)
+    assert ack["ok"]
+    data, meta, _ = observer.frame("cam-1", ack["result"]["frame"], start=start)
+    assert data == node.captures()[-1].read_bytes()
+    state = observer.json_on("espcam/cam-1/state", lambda d: d["reset_cause"] == "deepsleep",
+                             start=start)
+    assert state["wake"] == "timer"
+    assert node.pins().get(PIN_FLASH, 0) == 0
+    # No "offline" was ever published: sleeping is not going away.
+    assert not [x for x in observer.msgs
+                if x.topic == "espcam/cam-1/availability" and x.payload == b"offline"]
+
+
+def test_config_change_survives_reboot(observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    ack = observer.command("cam-1", {"id": "k1", "cmd": "config",
+                                     "set": {"quality": 55, "frame_size": "QVGA"}})
+    assert ack["ok"] and ack["result"]["settings"]["quality"] == 55
+    boots = node.boots
+    start = observer.mark()
+    assert observer.command("cam-1", {"id": "r1", "cmd": "reboot"})["ok"]
+    online(observer, start=start)
+    wait_until(lambda: node.boots > boots, what="reboot")
+    state = observer.json_on("espcam/cam-1/state", start=observer.mark() - 1)
+    state = observer.json_on("espcam/cam-1/state", lambda d: d["uptime"] < 30, start=start)
+    assert state["settings"]["quality"] == 55 and state["settings"]["frame_size"] == "QVGA"
+
+
+def test_killed_node_goes_offline_via_last_will(observer, make_node):
+    node = make_node("cam-1", config={"keepalive": 2})
+    online(observer)
+    start = observer.mark()
+    node.kill()
+    observer.topic("espcam/cam-1/availability", 30, start, payload=b"offline")
+
+
+def test_motion_triggers_a_frame(observer, make_node):
+    node = make_node("cam-1", config={"pir_pin": 13, "motion_cooldown": 0})
+    online(observer)
+    start = observer.mark()
+    node.inject_motion()
+    chunk = observer.wait(lambda m: m.topic == "espcam/cam-1/frame", 30, start)
+    from observer import parse_chunk
+
+    fid = parse_chunk(chunk.payload).frame_id
+    data, meta, _ = observer.frame("cam-1", fid, start=start)
+    assert meta["trigger"] == "motion"
+    assert data == node.captures()[-1].read_bytes()
+
+
+def test_resend_returns_requested_chunks_and_refuses_unknown_frames(observer, make_node):
+    make_node("cam-1", config={"chunk_size": 1024})
+    online(observer)
+    start = observer.mark()
+    fid = observer.command("cam-1", {"id": "c", "cmd": "capture"})["result"]["frame"]
+    data, _, chunks = observer.frame("cam-1", fid, start=start)
+    start = observer.mark()
+    ack = observer.command("cam-1", {"id": "r", "cmd": "resend", "frame": fid, "chunks": [0, 2]})
+    assert ack["ok"] and ack["result"] == {"frame": fid, "chunks": 2}
+    from observer import parse_chunk
+
+    again = [parse_chunk(m.payload) for m in observer.msgs[start:]
+             if m.topic == "espcam/cam-1/frame"]
+    assert sorted(c.index for c in again) == [0, 2]
+    assert all(c.flags & 2 for c in again)
+    old = observer.command("cam-1", {"id": "r2", "cmd": "resend", "frame": fid + 50})
+    assert old["ok"] is False and "no longer held" in old["error"]
+
+
+def test_node_reconnects_after_broker_restart(broker, observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    broker.restart()
+    from observer import Observer
+
+    o2 = Observer(broker.host, broker.port)
+    try:
+        o2.topic("espcam/cam-1/availability", 60, payload=b"online")
+        ack = o2.command("cam-1", {"id": "after", "cmd": "capture"})
+        assert ack["ok"]
+        data, _, _ = o2.frame("cam-1", ack["result"]["frame"])
+        assert data == node.captures()[-1].read_bytes()
+    finally:
+        o2.close()
+
+
+def test_bad_config_stops_with_a_clear_message_not_a_crash_loop(make_node):
+    node = make_node("cam-1", config={"wifi": {"password": "x"}})
+    wait_until(lambda: node.status != "running", 30, "the app to stop")
+    log = node.log()
+    assert "CONFIG ERROR" in log and "wifi" in log
+    assert node.boots == 1
