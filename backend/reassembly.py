@@ -6,14 +6,11 @@ No MQTT and no disk here: the subscriber feeds decoded chunks in and acts on wha
 
 from __future__ import annotations
 
-import io
 import logging
 import zlib
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
 
 from backend.protocol import Chunk
 
@@ -64,7 +61,7 @@ class Lost:
 
 
 class FrameRejected(ValueError):
-    """A complete frame that must not be stored (CRC mismatch, not a JPEG)."""
+    """A complete frame whose CRC32 does not match its header: never stored."""
 
 
 @dataclass
@@ -231,25 +228,3 @@ class Reassembler:
         """The node says it cannot resend (e.g. "frame N is no longer held")."""
         part = self._partials.get((node, frame_id))
         return self._drop(part, reason) if part else None
-
-
-@dataclass(frozen=True)
-class JpegInfo:
-    width: int
-    height: int
-
-
-def inspect_jpeg(data: bytes) -> JpegInfo:
-    """Decode the whole image; raise FrameRejected unless it is a JPEG Pillow can decode."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "JPEG":
-                raise FrameRejected(f"frame is {img.format or 'unknown format'}, not JPEG")
-            img.load()  # a full decode: catches truncated and corrupt scans, not just headers
-            return JpegInfo(img.width, img.height)
-    except FrameRejected:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FrameRejected(f"frame is not a decodable JPEG: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise FrameRejected(f"frame rejected as a decompression bomb: {e}") from None

@@ -11,7 +11,7 @@ MAX_PULSE = 5000
 
 class Refused(Exception):
     def __init__(self, msg, cid=None, cmd=None):
-        Exception.__init__(self, msg)
+        super().__init__(msg)
         self.msg = msg
         self.cid = cid
         self.cmd = cmd

@@ -1,0 +1,370 @@
+"""Frames on disk and their SQLite index; knows nothing of MQTT.
+
+Layout under the data directory:
+
+    index.sqlite3                           the index (frames, nodes)
+    <node>/latest.jpg                       hard link to (or copy of) the newest frame
+    <node>/<YYYY-MM-DD>/<timestamp>_<frame id>.jpg
+
+A JPEG becomes visible only by rename after fsync, so a crash at any point leaves either no
+file or a whole one; a file is written before its row, so a crash between the two leaves a
+file without a row, which `reconcile` indexes on the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backend.jpeg import NotAJpeg, inspect_jpeg
+from backend.names import check_node_id, is_node_id
+
+log = logging.getLogger("espcam.storage")
+
+FILE_RE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(\d{1,10})\.jpg")
+DATE_DIR_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+TMP_PREFIX = ".tmp-"
+INDEX_NAME = "index.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    node        TEXT    NOT NULL,
+    frame_id    INTEGER NOT NULL,
+    captured_at REAL,
+    received_at REAL    NOT NULL,
+    taken_at    REAL    NOT NULL,   -- captured_at if the node's clock was set, else received_at
+    bytes       INTEGER NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    trigger     TEXT,
+    crc         INTEGER NOT NULL,
+    path        TEXT    NOT NULL UNIQUE,
+    PRIMARY KEY (node, frame_id)
+);
+CREATE INDEX IF NOT EXISTS frames_by_time ON frames (node, taken_at);
+CREATE TABLE IF NOT EXISTS nodes (
+    node         TEXT PRIMARY KEY,
+    availability TEXT,
+    state        TEXT,
+    last_seen    REAL,
+    last_frame   INTEGER
+);
+"""
+
+
+class StorageError(OSError):
+    """The disk refused a write (full, read-only, I/O error); nothing stored was touched."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Per node; 0 means no limit."""
+
+    max_age_days: float = 30.0
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    node: str
+    frame_id: int
+    captured_at: float | None
+    received_at: float
+    bytes: int
+    width: int | None
+    height: int | None
+    trigger: str | None
+    crc: int
+    path: str  # relative to the data directory
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def describe_os_error(e: OSError) -> str:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return f"disk full ({e.strerror or e})"
+    if e.errno == errno.EROFS:
+        return f"file system is read-only ({e.strerror or e})"
+    return f"{e.strerror or e}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # The one place file bytes are written; tests replace it to simulate a full disk.
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stamp(t: float) -> str:
+    dt = datetime.fromtimestamp(t, UTC)
+    return dt.strftime("%Y%m%dT%H%M%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _parse_stamp(s: str) -> float:
+    return datetime.strptime(s, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+class Storage:
+    def __init__(self, data_dir: Path | str, retention: Retention | None = None) -> None:
+        self.root = Path(data_dir).resolve()
+        self.retention = retention or Retention()
+        self.root.mkdir(parents=True, exist_ok=True)
+        # check_same_thread off: the service owns one connection and serialises its use.
+        self.db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def has(self, node: str, frame_id: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
+        ).fetchone()
+        return row is not None
+
+    def store(
+        self,
+        node: str,
+        frame_id: int,
+        jpeg: bytes,
+        *,
+        crc: int,
+        received_at: float,
+        captured_at: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        trigger: str | None = None,
+    ) -> StoredFrame | None:
+        """Store one frame; None if (node, frame_id) is already stored. Raises StorageError
+        when the disk refuses, after removing whatever this call had written."""
+        check_node_id(node)
+        if self.has(node, frame_id):
+            return None
+        taken = captured_at if captured_at is not None else received_at
+        day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
+        rel = f"{node}/{day}/{_stamp(taken)}_{frame_id}.jpg"
+        final = self.root / rel
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        renamed = False
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, jpeg)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            renamed = True
+            _fsync_dir(final.parent)
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO frames (node, frame_id, captured_at, received_at, taken_at, "
+                    "bytes, width, height, trigger, crc, path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (node, frame_id, captured_at, received_at, taken, len(jpeg), width, height,
+                     trigger, crc, rel),
+                )
+                self.db.execute(
+                    "INSERT INTO nodes (node, last_seen, last_frame) VALUES (?, ?, ?) "
+                    "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
+                    "last_frame = excluded.last_frame",
+                    (node, received_at, frame_id),
+                )
+        except (OSError, sqlite3.Error) as e:
+            for leftover in (final if renamed else None, tmp):
+                if leftover is not None:
+                    try:
+                        leftover.unlink(missing_ok=True)
+                    except OSError:
+                        pass  # reconcile on the next start removes or indexes it
+            raise StorageError(
+                e.errno if isinstance(e, OSError) else errno.EIO,
+                f"cannot store frame {frame_id} of node {node} in {self.root}: "
+                f"{describe_os_error(e) if isinstance(e, OSError) else f'index error ({e})'}",
+            ) from e
+        self._update_latest(node, final)
+        stored = StoredFrame(node, frame_id, captured_at, received_at, len(jpeg), width, height,
+                             trigger, crc, rel)
+        self.apply_retention(node, now=received_at)
+        return stored
+
+    def _update_latest(self, node: str, final: Path) -> None:
+        latest = self.root / node / "latest.jpg"
+        tmp = latest.with_name(TMP_PREFIX + "latest.jpg")
+        try:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(final, tmp)  # no second copy of the bytes on disk
+            except OSError:
+                tmp.write_bytes(final.read_bytes())
+            os.replace(tmp, latest)
+        except OSError as e:
+            # The frame itself is stored and indexed; a stale latest.jpg is not worth failing.
+            log.error("cannot update %s: %s", latest, describe_os_error(e))
+
+    # -- retention -----------------------------------------------------------------------
+
+    def apply_retention(self, node: str, now: float | None = None) -> int:
+        """Delete this node's oldest frames past max age or max bytes; keeps the newest one.
+        Returns the number deleted."""
+        now = time.time() if now is None else now
+        ret = self.retention
+        rows = self.db.execute(
+            "SELECT frame_id, path, bytes, taken_at FROM frames WHERE node = ? "
+            "ORDER BY taken_at, frame_id", (node,)
+        ).fetchall()
+        total = sum(r["bytes"] for r in rows)
+        doomed = []
+        for r in rows[:-1]:
+            too_old = ret.max_age_days > 0 and now - r["taken_at"] > ret.max_age_days * 86400
+            too_big = ret.max_bytes > 0 and total > ret.max_bytes
+            if not (too_old or too_big):
+                break  # oldest first: everything after this one is newer
+            doomed.append(r)
+            total -= r["bytes"]
+        for r in doomed:
+            path = self.root / r["path"]
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                log.error("retention: cannot delete %s: %s", path, describe_os_error(e))
+                continue
+            with self.db:
+                self.db.execute("DELETE FROM frames WHERE node = ? AND frame_id = ?",
+                                (node, r["frame_id"]))
+            try:
+                path.parent.rmdir()  # only succeeds once the day directory is empty
+            except OSError:
+                pass
+        if doomed:
+            log.info("retention: deleted %d old frame(s) of node %s", len(doomed), node)
+        return len(doomed)
+
+    # -- start-up consistency ------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Make files and index agree after a crash: index files that have no row, drop rows
+        whose file is gone, delete temporary files of interrupted writes."""
+        stats = {"indexed": 0, "dropped_rows": 0, "removed_tmp": 0, "skipped": 0}
+        known = {r["path"] for r in self.db.execute("SELECT path FROM frames")}
+        for node_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if not is_node_id(node_dir.name):
+                continue
+            for tmp in node_dir.glob(TMP_PREFIX + "*"):
+                tmp.unlink(missing_ok=True)
+                stats["removed_tmp"] += 1
+            for day_dir in sorted(p for p in node_dir.iterdir() if p.is_dir()):
+                if not DATE_DIR_RE.fullmatch(day_dir.name):
+                    continue
+                for f in sorted(day_dir.iterdir()):
+                    if f.name.startswith(TMP_PREFIX):
+                        f.unlink(missing_ok=True)
+                        stats["removed_tmp"] += 1
+                        continue
+                    rel = f"{node_dir.name}/{day_dir.name}/{f.name}"
+                    m = FILE_RE.fullmatch(f.name)
+                    if rel in known or not m:
+                        continue
+                    data = f.read_bytes()
+                    try:
+                        info = inspect_jpeg(data)
+                    except NotAJpeg as e:
+                        log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
+                        stats["skipped"] += 1
+                        continue
+                    taken = _parse_stamp(m.group(1))
+                    frame_id = int(m.group(2))
+                    if self.has(node_dir.name, frame_id):
+                        log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
+                        stats["skipped"] += 1
+                        continue
+                    with self.db:
+                        self.db.execute(
+                            "INSERT INTO frames (node, frame_id, captured_at, received_at, "
+                            "taken_at, bytes, width, height, trigger, crc, path) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            (node_dir.name, frame_id, taken, f.stat().st_mtime, taken,
+                             len(data), info.width, info.height, None,
+                             zlib.crc32(data) & 0xFFFFFFFF, rel),
+                        )
+                    stats["indexed"] += 1
+        for r in self.db.execute("SELECT node, frame_id, path FROM frames").fetchall():
+            if not (self.root / r["path"]).is_file():
+                with self.db:
+                    self.db.execute("DELETE FROM frames WHERE node = ? AND frame_id = ?",
+                                    (r["node"], r["frame_id"]))
+                stats["dropped_rows"] += 1
+        if any(stats.values()):
+            log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
+        return stats
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def update_node(
+        self,
+        node: str,
+        *,
+        seen_at: float,
+        availability: str | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        check_node_id(node)
+        with self.db:
+            self.db.execute(
+                "INSERT INTO nodes (node, availability, state, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
+                "availability = COALESCE(excluded.availability, availability), "
+                "state = COALESCE(excluded.state, state)",
+                (node, availability, json.dumps(state) if state is not None else None, seen_at),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.db.execute("SELECT * FROM nodes ORDER BY node"):
+            d = dict(r)
+            d["state"] = json.loads(d["state"]) if d["state"] else None
+            out.append(d)
+        return out
+
+    def frames(self, node: str, since: float | None = None, limit: int = 0) -> list[StoredFrame]:
+        sql = ("SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
+               "crc, path FROM frames WHERE node = ? AND taken_at >= ? ORDER BY taken_at, "
+               "frame_id")
+        args: list[Any] = [node, since if since is not None else 0.0]
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [StoredFrame(**dict(r)) for r in self.db.execute(sql, args)]
+
+    def frame(self, node: str, frame_id: int) -> StoredFrame | None:
+        r = self.db.execute(
+            "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
+            "crc, path FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
+        ).fetchone()
+        return StoredFrame(**dict(r)) if r else None
