@@ -15,7 +15,7 @@ def run(path, g):
         with open(path) as f:
             src = f.read()
     except OSError:
-        return False    # pyexec_file_if_exists: a missing file is skipped
+        return False  # pyexec_file_if_exists: a missing file is skipped
     g["__file__"] = path
     exec(compile(src, path, "exec"), g)
     return True
@@ -24,7 +24,7 @@ def run(path, g):
 def main():
     board, src = sys.argv[1], sys.argv[2]
     os.chdir(board)
-    sys.path[0] = ""    # the board's own folder first, as on the ESP32 ('' then '/lib')
+    sys.path[0] = ""  # the board's own folder first, as on the ESP32 ('' then '/lib')
     g = {"__name__": "__main__"}
     try:
         run(src + "/boot.py", g)

@@ -95,6 +95,7 @@ def camera_capture(frame_size, quality):
     # Returns a buffer (bytes or memoryview) holding one JPEG, or None. A failed capture
     # re-initialises the camera once, which clears most sensor hiccups.
     global camera_error
+    why = None
     for attempt in (0, 1):
         if not _cam_ok and not camera_init(frame_size, quality):
             return None
@@ -103,10 +104,12 @@ def camera_capture(frame_size, quality):
             if buf and len(buf) > 2:
                 camera_error = "ok"
                 return buf
-            camera_error = "capture returned nothing"
+            why = "capture returned nothing"
         except Exception as e:
-            camera_error = "capture: %r" % (e,)
+            why = "capture: %r" % (e,)
+        buf = None
         camera_init(frame_size, quality)
+    camera_error = why
     return None
 
 

@@ -33,6 +33,10 @@ class _Sock:
             b = self.sock.read(n)
             if b:
                 self.last_rx = time.ticks_ms()
+            elif b == b"" and n:
+                # End of stream. Newer umqtt releases would return None here and let a poll
+                # loop spin on the dead socket; make it an error in every release.
+                raise OSError("connection closed by the broker")
             return b
         if self._scratch is None:
             self._scratch = bytearray(256)
@@ -94,7 +98,7 @@ class Link:
     def wait(self, ms):
         # Waits up to ms for traffic and dispatches every message that has arrived.
         if self.poller.poll(ms):
-            while True:
+            for _ in range(32):   # bounded, so a flood cannot starve the rest of the loop
                 self.client.check_msg()
                 if not self.poller.poll(0):
                     break

@@ -1,0 +1,166 @@
+"""Backend settings: a TOML file, then ESPCAM_* environment variables, then command-line flags,
+each later source winning over the earlier ones (docs/backend.md lists every setting)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from backend.names import check_prefix
+from backend.reassembly import Limits
+from backend.storage import Retention
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown, of the wrong type or out of range; says where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # [mqtt]
+    broker: str = "localhost:1883"
+    username: str = ""
+    password: str = ""
+    prefix: str = "espcam"
+    client_id: str = "espcam-backend"
+    keepalive: int = 60
+    tls: bool = False
+    ca_file: str = ""
+    # [storage]
+    data_dir: str = "./data"
+    retention_days: float = 30.0
+    retention_bytes: int = 0
+    retry_interval: float = 5.0
+    max_pending_frames: int = 32
+    # [limits]
+    max_frame_bytes: int = Limits.max_frame_bytes
+    max_chunks: int = Limits.max_chunks
+    max_frames_per_node: int = Limits.max_frames_per_node
+    max_frames_total: int = Limits.max_frames_total
+    max_bytes_total: int = Limits.max_bytes_total
+    resend_after: float = Limits.resend_after
+    resend_tries: int = Limits.resend_tries
+    max_age: float = Limits.max_age
+    # [cli]
+    command_timeout: float = 10.0
+    # top level
+    log_level: str = "INFO"
+
+    @property
+    def host(self) -> str:
+        return split_broker(self.broker)[0]
+
+    @property
+    def port(self) -> int:
+        return split_broker(self.broker)[1]
+
+    def limits(self) -> Limits:
+        names = {f.name for f in fields(Limits)}
+        return Limits(**{k: v for k, v in self.__dict__.items() if k in names})
+
+    def retention(self) -> Retention:
+        return Retention(max_age_days=self.retention_days, max_bytes=self.retention_bytes)
+
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "mqtt": ("broker", "username", "password", "prefix", "client_id", "keepalive", "tls",
+             "ca_file"),
+    "storage": ("data_dir", "retention_days", "retention_bytes", "retry_interval",
+                "max_pending_frames"),
+    "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
+               "max_bytes_total", "resend_after", "resend_tries", "max_age"),
+    "cli": ("command_timeout",),
+    "": ("log_level",),
+}
+TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings)}
+ENV_PREFIX = "ESPCAM_"
+
+
+def split_broker(value: str) -> tuple[str, int]:
+    """'host', 'host:port' or 'mqtt://host:port' -> (host, port)."""
+    v = value.removeprefix("mqtt://").removeprefix("mqtts://").rstrip("/")
+    host, sep, port = v.rpartition(":")
+    if not sep:
+        host, port = v, "1883"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"broker {value!r}: port {port!r} is not a number") from None
+    if not host or not 0 < number < 65536:
+        raise ConfigError(f"broker {value!r} is not HOST:PORT")
+    return host, number
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    want = TYPES[name]
+    if isinstance(value, str) and want is not str:
+        text = value.strip().lower()
+        try:
+            if want is bool:
+                if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return text in ("1", "true", "yes", "on")
+            return want(text)
+        except ValueError:
+            raise ConfigError(f"{source}: {name} must be {want.__name__}, not {value!r}") from None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {name} must be {want.__name__}, not {value!r}")
+    return value
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                if sub not in SECTIONS[key]:
+                    raise ConfigError(f"{path}: unknown setting [{key}] {sub}")
+                out[sub] = _coerce(sub, v, str(path))
+        elif key in SECTIONS[""]:
+            out[key] = _coerce(key, value, str(path))
+        else:
+            raise ConfigError(f"{path}: unknown setting or section {key!r}")
+    return out
+
+
+def load(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """File, then environment, then `overrides` (the CLI flags; None values are ignored)."""
+    env = os.environ if env is None else env
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_from_file(Path(config_file)))
+    for name in TYPES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, f"environment {ENV_PREFIX}{name.upper()}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    settings = Settings(**values)
+    split_broker(settings.broker)
+    try:
+        check_prefix(settings.prefix)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for name in TYPES:
+        value = getattr(settings, name)
+        if TYPES[name] in (int, float) and value < 0:
+            raise ConfigError(f"{name} must not be negative, not {value}")
+    return settings

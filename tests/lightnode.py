@@ -1,0 +1,228 @@
+"""A light espcam node in CPython: speaks protocol v1 (docs/protocol.md) over paho-mqtt.
+
+For the backend's tests and for benchmarks, where a MicroPython node would be slow to start.
+The chunk encoder is written from the document with struct and zlib, independent of
+backend/protocol.py, so that the backend is checked against the contract, not against itself.
+It can misbehave on purpose: skip chunks, corrupt chunks, refuse commands.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from PIL import Image
+
+HEADER = ">2sBBIIIIHHHH"
+
+
+def make_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: int = 80) -> bytes:
+    """A JPEG of noise, so sizes are realistic and every seed gives different bytes."""
+    rnd = random.Random(seed)
+    img = Image.frombytes("RGB", (width, height), rnd.randbytes(width * height * 3))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_chunks(
+    frame: bytes, frame_id: int, chunk_size: int, meta: dict[str, Any] | None, flags: int = 0
+) -> list[bytes]:
+    count = (len(frame) + chunk_size - 1) // chunk_size
+    crc = zlib.crc32(frame) & 0xFFFFFFFF
+    out = []
+    for i in range(count):
+        m, f = b"", flags
+        if i == 0 and meta is not None:
+            m = json.dumps(meta, separators=(",", ":")).encode()
+            f |= 1
+        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i, count,
+                          len(m), 0)
+        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
+    return out
+
+
+class LightNode:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        node_id: str,
+        prefix: str = "espcam",
+        chunk_size: int = 1024,
+        first_frame_id: int = 1,
+    ) -> None:
+        self.host, self.port, self.node, self.prefix = host, port, node_id, prefix
+        self.chunk_size = chunk_size
+        self.next_frame_id = first_frame_id
+        self.settings: dict[str, Any] = {
+            "interval": 0, "frame_size": "QQVGA", "quality": 80, "flash_on_capture": False,
+            "sleep_interval": 0, "awake": 5, "motion_cooldown": 10, "motion": False,
+        }
+        self.commands: list[dict[str, Any]] = []
+        self.refuse: dict[str, str] = {}  # cmd -> error text to answer with
+        self.capture_source: Callable[[int], bytes] = lambda fid: make_jpeg(seed=fid)
+        self.held: tuple[int, list[bytes]] | None = None  # last frame's chunks, for resends
+        self.resend_requests: list[dict[str, Any]] = []
+        self.connected = threading.Event()
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node_id,
+                                  clean_session=False, protocol=mqtt.MQTTv311)
+        self.client.will_set(self.t("availability"), "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def t(self, kind: str) -> str:
+        return f"{self.prefix}/{self.node}/{kind}"
+
+    # -- session -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10) -> LightNode:
+        self.client.connect(self.host, self.port, 60)
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            raise TimeoutError(f"light node {self.node} could not connect")
+        return self
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            return
+        client.subscribe(self.t("cmd"), qos=1)
+        client.publish(self.t("availability"), "online", qos=1, retain=True)
+        self.publish_state()
+        self.connected.set()
+
+    def state_doc(self) -> dict[str, Any]:
+        return {"proto": 1, "node": self.node, "app": "lightnode", "fw": "cpython",
+                "driver": "fake", "frame": self.next_frame_id - 1, "camera": "ok",
+                "chunk_size": self.chunk_size, "sleep_until": None,
+                "settings": dict(self.settings)}
+
+    def publish_state(self) -> None:
+        self.client.publish(self.t("state"), json.dumps(self.state_doc()), qos=1, retain=True)
+
+    def sleep(self) -> None:
+        """Announce `sleeping` and disconnect cleanly, as a node does before deep sleep."""
+        self.publish_state()
+        self.client.publish(self.t("availability"), "sleeping", qos=1,
+                            retain=True).wait_for_publish(5)
+        self.stop()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    # -- frames --------------------------------------------------------------------------
+
+    def publish_frame(
+        self,
+        jpeg: bytes,
+        frame_id: int | None = None,
+        *,
+        skip: Iterable[int] = (),
+        corrupt: Iterable[int] = (),
+        meta: dict[str, Any] | None = None,
+        trigger: str = "interval",
+        wait: bool = True,
+    ) -> int:
+        """Publish one frame as chunks (QoS 0, the last at QoS 1); returns its frame id.
+        `skip` chunks are not sent, `corrupt` chunks have one payload byte flipped."""
+        with self._lock:
+            if frame_id is None:
+                frame_id = self.next_frame_id
+            self.next_frame_id = max(self.next_frame_id, frame_id + 1)
+        if meta is None:
+            meta = {"t": time.time(), "up": 1000, "trigger": trigger, "fs": "QQVGA", "q": 80,
+                    "wake": "none"}
+        chunks = encode_chunks(jpeg, frame_id, self.chunk_size, meta)
+        self.held = (frame_id, chunks)
+        skip, corrupt = set(skip), set(corrupt)
+        info = None
+        for i, c in enumerate(chunks):
+            if i in skip:
+                continue
+            if i in corrupt:
+                b = bytearray(c)
+                b[-1] ^= 0xFF
+                c = bytes(b)
+            info = self.client.publish(self.t("frame"), c, qos=1 if i == len(chunks) - 1 else 0)
+        if wait and info is not None and info.mid:
+            info.wait_for_publish(10)
+        return frame_id
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _ack(self, cmd_id: Any, cmd: Any, ok: bool, result: Any = None, error: str = "") -> None:
+        doc: dict[str, Any] = {"id": cmd_id, "cmd": cmd, "ok": ok}
+        if ok:
+            doc["result"] = result
+        else:
+            doc["error"] = error
+        self.client.publish(self.t("ack"), json.dumps(doc), qos=1)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload)
+            if not isinstance(doc, dict):
+                raise ValueError
+        except ValueError:
+            self._ack(None, None, False, error="command is not a JSON object")
+            return
+        self.commands.append(doc)
+        cmd_id, cmd = doc.get("id"), doc.get("cmd")
+        if cmd in self.refuse:
+            self._ack(cmd_id, cmd, False, error=self.refuse[cmd])
+        elif cmd == "resend":
+            self.resend_requests.append(doc)
+            self._resend(cmd_id, doc)
+        elif cmd == "capture":
+            fid = self.next_frame_id
+            self.publish_frame(self.capture_source(fid), fid, trigger="command", wait=False,
+                               meta={"t": time.time(), "trigger": "command", "cmd": cmd_id})
+            self._ack(cmd_id, cmd, True, {"frame": fid})
+        elif cmd == "flash":
+            state = doc.get("state")
+            if state not in ("on", "off", "pulse"):
+                self._ack(cmd_id, cmd, False, error="state must be one of on, off, pulse")
+            else:
+                self._ack(cmd_id, cmd, True, {"flash": "on" if state == "on" else "off"})
+        elif cmd == "config":
+            settings = doc.get("set")
+            if not isinstance(settings, dict) or set(settings) - set(self.settings):
+                self._ack(cmd_id, cmd, False, error="unknown setting")
+            else:
+                self.settings.update(settings)
+                self.publish_state()
+                self._ack(cmd_id, cmd, True, {"settings": dict(self.settings)})
+        elif cmd == "status":
+            self.publish_state()
+            self._ack(cmd_id, cmd, True, {})
+        elif cmd in ("sleep", "reboot"):
+            self._ack(cmd_id, cmd, True, {"sleep": doc.get("seconds")} if cmd == "sleep" else {})
+        else:
+            self._ack(cmd_id, cmd, False, error=f"unknown command {cmd!r}")
+
+    def _resend(self, cmd_id: Any, doc: dict[str, Any]) -> None:
+        frame = doc.get("frame")
+        if self.held is None or self.held[0] != frame:
+            self._ack(cmd_id, "resend", False, error=f"frame {frame} is no longer held")
+            return
+        chunks = self.held[1]
+        wanted = doc.get("chunks")
+        wanted = list(range(len(chunks))) if wanted is None else wanted
+        wanted = [i for i in wanted if isinstance(i, int) and 0 <= i < len(chunks)]
+        for n, i in enumerate(wanted):
+            b = bytearray(chunks[i])
+            b[3] |= 2  # flags bit 1: resent chunk
+            self.client.publish(self.t("frame"), bytes(b), qos=1 if n == len(wanted) - 1 else 0)
+        self._ack(cmd_id, "resend", True, {"frame": frame, "chunks": len(wanted)})
