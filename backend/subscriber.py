@@ -23,6 +23,7 @@ from backend.config import Settings
 from backend.jpeg import NotAJpeg, inspect_jpeg
 from backend.protocol import (
     AVAILABILITY,
+    BACKEND_LEVEL,
     ChunkError,
     CommandError,
     TopicError,
@@ -102,6 +103,9 @@ class Backend:
         self._status_due = 0.0
         self._warn = RateLimitedLog(log)
         self._thread: threading.Thread | None = None
+        # Held while a message or timer is handled, so status() from another thread (tests,
+        # embedding) never sees a half-updated counter dict.
+        self._lock = threading.Lock()
         self.client = self._make_client()
 
     # -- MQTT session --------------------------------------------------------------------
@@ -171,9 +175,10 @@ class Backend:
                     msg = self.messages.get(timeout=TICK)
                 except queue.Empty:
                     msg = None
-                if msg is not None:
-                    self.handle(msg)
-                self.tick(time.time())
+                with self._lock:
+                    if msg is not None:
+                        self.handle(msg)
+                    self.tick(time.time())
         finally:
             if self.client.is_connected():
                 self.client.publish(self.availability_topic, "offline", qos=1,
@@ -187,6 +192,10 @@ class Backend:
         self._thread = threading.Thread(target=self.run, name="espcam-backend", daemon=True)
         self._thread.start()
         return self
+
+    def request_stop(self) -> None:
+        """Ask `run` to finish; safe from signal handlers and other threads."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -202,8 +211,8 @@ class Backend:
         try:
             node, kind = parse_topic(self.prefix, msg.topic)
         except TopicError as e:
-            if msg.topic.startswith(f"{self.prefix}/_"):
-                return  # our own or future backend topics, not a node
+            if msg.topic.startswith(f"{self.prefix}/{BACKEND_LEVEL}/"):
+                return  # our own availability, matched by <prefix>/+/availability
             self.counters["bad_topics"] += 1
             self._warn.warning("topic", "dropped message: %s", e)
             return
@@ -400,6 +409,10 @@ class Backend:
         self.publish(topic(self.prefix, req.node, "cmd"), encode_command(doc))
 
     def status(self) -> dict[str, Any]:
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         counters = Counter(self.counters)
         counters.update(self.reassembler.counters)
         return {
@@ -412,5 +425,5 @@ class Backend:
         }
 
     def publish_status(self) -> None:
-        self.publish(backend_topic(self.prefix, "status"), json.dumps(self.status()),
+        self.publish(backend_topic(self.prefix, "status"), json.dumps(self._status()),
                      retain=True)

@@ -55,7 +55,7 @@ def make_jpeg(
     return out.getvalue()
 
 
-def jpeg_near_size(
+def jpeg_of_size(
     target: int, *, width: int = 640, height: int = 480, seed: int = 0, text: str = "espcam"
 ) -> bytes:
     """A JPEG of roughly `target` bytes (within a few percent when the size is reachable at

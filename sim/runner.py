@@ -40,6 +40,10 @@ RESET_NAMES = {
 }
 WAKE_NAMES = {0: "none", 2: "EXT0_WAKE", 4: "TIMER_WAKE"}
 
+# Heap the stand-in modules themselves take on the unix port (measured: about 31 KB), added to
+# a requested heapsize so that the app gets what it would have on a board.
+STANDIN_HEAP = 36 * 1024
+
 EventFn = Callable[["SimNode", str, str], None]
 
 
@@ -52,6 +56,22 @@ def micropython_binary() -> str:
     if not found:
         raise RuntimeError("micropython is not installed: run ./scripts/setup.sh")
     return found
+
+
+def _die_with_parent() -> None:
+    # Linux: the node process gets SIGKILL if the runner (the thread that started it) dies, so
+    # a killed runner leaves no orphan nodes behind.
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def parse_size(s: str) -> int:
+    """'150k' -> 153600, '2m' -> 2097152, '4096' -> 4096 (MicroPython's -X heapsize syntax)."""
+    s = s.strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(s[-1:], 1)
+    return int(s[:-1] if mult > 1 else s) * mult
 
 
 def node_mac(name: str) -> str:
@@ -73,16 +93,6 @@ def default_config(name: str, broker_host: str, broker_port: int) -> dict[str, A
         "pir_pin": 13,
         "chunk_size": 4096,
     }
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -124,6 +134,7 @@ class SimNode:
         on_event: EventFn | None = None,
         node_src: Path = NODE_SRC,
         wifi_connect_ms: int = 300,
+        wifi_ap: dict[str, str] | None = None,
     ) -> None:
         if camera_api not in ("module", "class"):
             raise ValueError("camera_api must be 'module' or 'class'")
@@ -133,9 +144,11 @@ class SimNode:
         self.ctl = self.dir / "ctl"
         self.node_src = Path(node_src).resolve()
         self.heapsize = heapsize
+        self.camera_api = camera_api
         self.env = env or {}
         self.on_event = on_event
-        self.config = _merge(default_config(name, broker_host, broker_port), config or {})
+        # A shallow merge: a key given replaces the default whole (e.g. all of "wifi").
+        self.config = {**default_config(name, broker_host, broker_port), **(config or {})}
         for d in (self.dir, self.board, self.ctl, self.dir / "captures"):
             d.mkdir(parents=True, exist_ok=True)
         if images_dir is None:
@@ -152,7 +165,7 @@ class SimNode:
                 "camera_api": camera_api,
                 "images": str(self.images_dir),
                 "mac": node_mac(name),
-                "wifi": self.config.get("wifi", {}),
+                "wifi": wifi_ap if wifi_ap is not None else self.config.get("wifi", {}),
                 "wifi_connect_ms": wifi_connect_ms,
                 "ip": "127.0.0.1",
             },
@@ -174,6 +187,8 @@ class SimNode:
         for f in ("rtc.bin", "exit.json", "pins.json"):
             (self.dir / f).unlink(missing_ok=True)
         self._stop = threading.Event()
+        self.status = "running"
+        self.returncode = None
         self._thread = threading.Thread(
             target=self._supervise, name=f"sim-{self.name}", daemon=True
         )
@@ -199,6 +214,8 @@ class SimNode:
         """Power cut: SIGKILL now, no restart. The broker sees the TCP connection drop."""
         self._stop.set()
         self._signal(signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
         if self._thread is not None:
             self._thread.join(5)
         self.status = "stopped"
@@ -273,6 +290,17 @@ class SimNode:
     def wait_log(self, text: str, timeout: float = 30.0) -> None:
         self.wait_for(lambda: text in self.log(), timeout, f"log line {text!r}")
 
+    def effective_heap(self) -> int:
+        """The MicroPython heap given to the process for `heapsize`: on a board the camera,
+        machine, network and esp32 modules are built in and the class driver's frame buffer
+        lives outside the MicroPython heap; here they are Python code and a bytearray on the
+        heap, so their share is added to what the app gets."""
+        want = parse_size(self.heapsize or "0")
+        extra = STANDIN_HEAP
+        if self.camera_api == "class":
+            extra += max((p.stat().st_size for p in self.images_dir.glob("*.jp*g")), default=0)
+        return want + extra
+
     # ------------------------------------------------------------------ the supervisor
 
     def _event(self, event: str, detail: str = "") -> None:
@@ -290,7 +318,7 @@ class SimNode:
         self.boots += 1
         cmd = [micropython_binary()]
         if self.heapsize:
-            cmd += ["-X", f"heapsize={self.heapsize}"]
+            cmd += ["-X", f"heapsize={self.effective_heap()}"]
         cmd += [str(LAUNCH), str(self.board), str(self.node_src)]
         path = ":".join(
             str(p) for p in (BOARD_LIB, self.node_src / "lib", ROOT / ".deps" / "node-lib")
@@ -309,6 +337,8 @@ class SimNode:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.board,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the runner, not the nodes
+                preexec_fn=_die_with_parent,
             )
         self.status = "running"
         self._event(

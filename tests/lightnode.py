@@ -226,3 +226,54 @@ class LightNode:
             b[3] |= 2  # flags bit 1: resent chunk
             self.client.publish(self.t("frame"), bytes(b), qos=1 if n == len(wanted) - 1 else 0)
         self._ack(cmd_id, "resend", True, {"frame": frame, "chunks": len(wanted)})
+
+
+class Watcher:
+    """Subscribes to topics and lets a test wait for what arrives (the outcome a user sees)."""
+
+    def __init__(self, host: str, port: int, *topics: str) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"watcher-{random.randrange(1 << 30)}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.connect(host, port, 60)
+        self.client.loop_start()
+        self.client.subscribe([(t, 1) for t in topics])
+        if not self._ready.wait(10):
+            raise TimeoutError("watcher could not subscribe")
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload, msg.retain))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, bytes, bool]]], Any],
+                 timeout: float = 30) -> Any:
+        """Wait until predicate(messages) is truthy and return its value; the timeout is only
+        a guard against a hung test. The predicate is also re-checked now and then, so it may
+        look at things other than the messages."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate(self.messages)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("condition not met; messages: "
+                                       + ", ".join(t for t, _, _ in self.messages[-20:]))
+                self._cond.wait(min(left, 0.05))
+
+    def payloads(self, topic: str) -> list[bytes]:
+        with self._cond:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def json(self, topic: str) -> list[Any]:
+        return [json.loads(p) for p in self.payloads(topic)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

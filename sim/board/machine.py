@@ -212,9 +212,10 @@ class RTC:
                     return f.read()
             except OSError:
                 return b""
+        data = bytes(memoryview(data))   # any object with the buffer protocol, str included
         if len(data) > RTC._MAX:
             raise ValueError("buffer too long")
-        _sb.write_atomic(p, bytes(data))
+        _sb.write_atomic(p, data)
 
     def datetime(self, dt=None):
         # The host clock is already right; setting it is accepted and ignored.

@@ -1,0 +1,265 @@
+"""The `espcam` command: run the backend, command nodes, list nodes and stored frames.
+
+Exit codes (docs/backend.md): 0 done, 1 error (broker unreachable, storage), 2 bad usage or
+configuration, 3 refused by the node, 4 queued (node asleep or offline), 5 no answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backend import config as config_mod
+from backend.names import check_node_id
+from backend.protocol import SETTINGS, CommandError, build_command
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_QUEUED, EXIT_NO_ANSWER = range(6)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection and data (win over ESPCAM_* and the config file)")
+    g.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default localhost:1883)")
+    g.add_argument("--data-dir", metavar="DIR", help="where frames and the index live")
+    g.add_argument("--config", metavar="FILE", help="TOML config file (or ESPCAM_CONFIG)")
+    g.add_argument("--prefix", help="topic prefix (default espcam)")
+    g.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for a node's ack (default 10)")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def node_arg(value: str) -> str:
+    try:
+        return check_node_id(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """key=value for `espcam config`, with the value typed as the setting requires."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    spec = SETTINGS.get(key)
+    if spec is None:
+        raise argparse.ArgumentTypeError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+    value: Any = raw
+    if spec[0] is int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} must be an integer, not {raw!r}") from None
+    elif spec[0] is bool:
+        if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
+            raise argparse.ArgumentTypeError(f"{key} must be true or false, not {raw!r}")
+        value = raw.lower() in ("true", "on", "1")
+    return key, value
+
+
+def parse_since(text: str) -> float:
+    """'2025-11-24', '2025-11-24T13:00', or an age: '90s', '30m', '6h', '2d'."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[
+            m.group(2)]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: use an ISO date/time or an age like 30m, 6h, 2d") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="espcam", description="espcam backend and command-line tool",
+        epilog="exit codes: 0 done, 1 error, 2 usage, 3 refused by node, 4 queued, 5 no answer",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        return p
+
+    add("serve", "run the backend: receive, verify and store frames")
+    p = add("capture", "ask a node to capture a frame now")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("--wait-frame", action="store_true",
+                   help="also wait until the frame is stored and print its path")
+    p = add("flash", "drive a node's flash LED")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("state", choices=("on", "off", "pulse"))
+    p.add_argument("--ms", type=int, help="pulse length, 1 ... 5000 ms (default 200)")
+    p = add("sleep", "put a node into deep sleep")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("seconds", type=int)
+    p = add("config", "change node settings: key=value ...")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("settings", nargs="+", type=parse_assignment, metavar="key=value")
+    p = add("reboot", "reset a node")
+    p.add_argument("node", type=node_arg)
+    p = add("status", "ask a node to republish its state and print it")
+    p.add_argument("node", type=node_arg)
+    p = add("nodes", "list known nodes (from the data directory's index)")
+    p.add_argument("--json", action="store_true")
+    p = add("frames", "list a node's stored frames")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("--since", type=parse_since, help="ISO date/time or age (30m, 6h, 2d)")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    # Listed for --help only: main() hands `espcam sim ...` to the simulator's own parser.
+    sub.add_parser("sim", help="run simulated nodes (espcam sim --help)")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> config_mod.Settings:
+    return config_mod.load(args.config, overrides={
+        "broker": args.broker, "data_dir": args.data_dir, "prefix": args.prefix,
+        "command_timeout": args.timeout,
+    })
+
+
+def cmd_serve(settings: config_mod.Settings) -> int:
+    from backend.storage import StorageError
+    from backend.subscriber import Backend
+
+    try:
+        backend = Backend(settings)
+    except (StorageError, OSError) as e:
+        print(f"espcam: cannot open data directory {settings.data_dir}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+    def stop(signum: int, frame: Any) -> None:
+        backend.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    backend.run()
+    return EXIT_OK
+
+
+def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) -> int:
+    from backend.commands import BrokerUnreachable, CommandClient, Outcome
+
+    kw: dict[str, Any] = {}
+    if args.command == "flash":
+        kw = {"state": args.state, "ms": args.ms}
+    elif args.command == "sleep":
+        kw = {"seconds": args.seconds}
+    elif args.command == "config":
+        kw = {"set": dict(args.settings)}
+    try:
+        doc = build_command(args.command, **kw)
+    except CommandError as e:
+        print(f"espcam: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with CommandClient(settings, args.node) as c:
+            result = c.send(doc, wait_frame=getattr(args, "wait_frame", False))
+    except BrokerUnreachable as e:
+        print(f"espcam: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(result.message)
+    if args.command == "status" and result.state is not None:
+        print(json.dumps(result.state, indent=2))
+    return {
+        Outcome.DONE: EXIT_OK,
+        Outcome.REFUSED: EXIT_REFUSED,
+        Outcome.QUEUED: EXIT_QUEUED,
+        Outcome.NO_ANSWER: EXIT_NO_ANSWER,
+    }[result.outcome]
+
+
+def _open_storage(settings: config_mod.Settings):
+    from backend.storage import INDEX_NAME, Storage
+
+    if not (Path(settings.data_dir) / INDEX_NAME).is_file():
+        print(f"espcam: no index in {settings.data_dir} (has `espcam serve` run with this "
+              "--data-dir?)", file=sys.stderr)
+        return None
+    return Storage(settings.data_dir, settings.retention())
+
+
+def _when(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def cmd_nodes(args: argparse.Namespace, settings: config_mod.Settings) -> int:
+    storage = _open_storage(settings)
+    if storage is None:
+        return EXIT_ERROR
+    rows = storage.nodes()
+    storage.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'NODE':<20} {'AVAILABILITY':<12} {'LAST SEEN':<19}  {'FRAME':>8}  SETTINGS")
+    for r in rows:
+        settings_doc = (r["state"] or {}).get("settings") or {}
+        shown = " ".join(f"{k}={v}" for k, v in settings_doc.items())
+        print(f"{r['node']:<20} {r['availability'] or '-':<12} {_when(r['last_seen']):<19}  "
+              f"{r['last_frame'] if r['last_frame'] is not None else '-':>8}  {shown}")
+    return EXIT_OK
+
+
+def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
+    storage = _open_storage(settings)
+    if storage is None:
+        return EXIT_ERROR
+    frames = storage.frames(args.node, since=args.since, limit=args.limit)
+    root = storage.root
+    storage.close()
+    if args.json:
+        print(json.dumps([f.as_dict() | {"file": str(root / f.path)} for f in frames], indent=2))
+        return EXIT_OK
+    for f in frames:
+        print(f"{f.frame_id:>10}  {_when(f.captured_at or f.received_at)}  {f.bytes:>8} B  "
+              f"{f.width}x{f.height}  {f.trigger or '-':<9} {root / f.path}")
+    return EXIT_OK
+
+
+def cmd_sim(argv: list[str]) -> int:
+    try:
+        from sim import runner  # the simulator is optional and may not be installed
+    except ImportError as e:
+        print(f"espcam sim: the simulator is not available: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    parser = argparse.ArgumentParser(prog="espcam sim")
+    runner.add_arguments(parser)
+    return int(runner.run(parser.parse_args(argv)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:
+        return cmd_sim(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args)
+    except config_mod.ConfigError as e:
+        print(f"espcam: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.verbose:
+        logging.getLogger().setLevel(settings.log_level.upper())
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "nodes":
+        return cmd_nodes(args, settings)
+    if args.command == "frames":
+        return cmd_frames(args, settings)
+    return cmd_node_command(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Settings precedence (flags > environment > file) and the shipped broker configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from broker import free_port, mosquitto_binary  # noqa: E402
+
+from backend.config import ConfigError, load  # noqa: E402
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+
+
+def test_flags_win_over_environment_over_file(tmp_path):
+    f = tmp_path / "espcam.toml"
+    f.write_text('log_level = "DEBUG"\n[mqtt]\nbroker = "file:1"\nprefix = "home/cams"\n'
+                 '[storage]\ndata_dir = "/file"\nretention_days = 7\n[limits]\nresend_tries = 9\n')
+    s = load(f, env={})
+    assert (s.broker, s.prefix, s.data_dir, s.retention_days, s.resend_tries, s.log_level) == (
+        "file:1", "home/cams", "/file", 7.0, 9, "DEBUG")
+    env = {"ESPCAM_BROKER": "env:2", "ESPCAM_DATA_DIR": "/env", "ESPCAM_RESEND_TRIES": "4"}
+    s = load(f, env=env)
+    assert (s.broker, s.data_dir, s.resend_tries, s.prefix) == ("env:2", "/env", 4, "home/cams")
+    s = load(f, env=env, overrides={"broker": "flag:3", "data_dir": None})
+    assert (s.broker, s.host, s.port, s.data_dir) == ("flag:3", "flag", 3, "/env")
+    s = load(None, env={"ESPCAM_CONFIG": str(f)})
+    assert s.prefix == "home/cams"
+    assert load(None, env={}).broker == "localhost:1883"
+
+
+@pytest.mark.parametrize("text,env,match", [
+    ("[mqtt]\nbrokr = 'x'\n", {}, "unknown setting"),
+    ("[limits]\nmax_chunks = 'many'\n", {}, "max_chunks must be int"),
+    ("", {"ESPCAM_RESEND_AFTER": "soon"}, "ESPCAM_RESEND_AFTER"),
+    ("", {"ESPCAM_PREFIX": "a/+/b"}, "invalid topic prefix"),
+    ("", {"ESPCAM_BROKER": "host:notaport"}, "not a number"),
+    ("not toml =", {}, "espcam.toml"),
+])
+def test_bad_settings_say_where_they_came_from(tmp_path, text, env, match):
+    f = tmp_path / "espcam.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load(f, env=env)
+
+
+def settings_of(path: Path) -> set[str]:
+    lines = (ln.split("#")[0].strip() for ln in path.read_text().splitlines())
+    return {re.sub(r"\s+", " ", ln) for ln in lines if ln}
+
+
+def test_shipped_broker_config_has_every_protocol_setting():
+    missing = settings_of(DEPLOY / "protocol.conf") - settings_of(DEPLOY / "mosquitto.conf")
+    assert not missing, f"deploy/mosquitto/mosquitto.conf lacks {sorted(missing)}"
+
+
+def test_shipped_broker_config_starts_mosquitto(tmp_path):
+    # The same file with its paths pointed at the test's directory: Mosquitto accepts every
+    # line and listens.
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "u", "p"],
+                   check=True)
+    (tmp_path / "acl").write_text("user u\ntopic readwrite #\n")
+    port = free_port()
+    conf = ((DEPLOY / "mosquitto.conf").read_text()
+            .replace("/var/lib/mosquitto/", f"{tmp_path}/")
+            .replace("/etc/mosquitto/espcam.passwd", str(tmp_path / "passwd"))
+            .replace("/etc/mosquitto/espcam.acl", str(tmp_path / "acl"))
+            .replace("listener 1883", f"listener {port} 127.0.0.1"))
+    # As root Mosquitto would switch to user mosquitto, who cannot read pytest's temp dir.
+    (tmp_path / "m.conf").write_text(conf + ("\nuser root\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(tmp_path / "m.conf")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen"
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(5)

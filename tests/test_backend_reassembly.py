@@ -1,0 +1,141 @@
+"""Reassembly edge cases: order, duplicates, CRC, disagreeing chunks, limits, resends, loss."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lightnode import encode_chunks, make_jpeg  # noqa: E402
+
+from backend.jpeg import NotAJpeg, inspect_jpeg  # noqa: E402
+from backend.protocol import decode_chunk  # noqa: E402
+from backend.reassembly import FrameRejected, Limits, Reassembler  # noqa: E402
+
+
+def chunks_of(data: bytes, frame_id: int = 1, chunk_size: int = 256, meta=None):
+    return [decode_chunk(c) for c in encode_chunks(data, frame_id, chunk_size,
+                                                   meta or {"trigger": "boot"})]
+
+
+def feed(r: Reassembler, node: str, chunks, now: float = 0.0):
+    done = None
+    for c in chunks:
+        frame, _ = r.add(node, c, now)
+        done = done or frame
+    return done
+
+
+def test_any_order_with_duplicates_completes_once():
+    data = make_jpeg(seed=1)
+    cs = chunks_of(data)
+    shuffled = cs + cs[::2]
+    random.Random(4).shuffle(shuffled)
+    r = Reassembler()
+    frames = [f for c in shuffled if (f := r.add("cam-1", c, 0.0)[0])]
+    assert len(frames) == 1 and frames[0].data == data
+    assert frames[0].meta == {"trigger": "boot"}
+    assert r.counters["duplicate_chunks"] == len(cs[::2])
+    assert r.frames_held == 0 and r.bytes_held == 0
+    # A whole retransmission of a finished frame is recognised, not started again.
+    assert feed(r, "cam-1", cs) is None and r.frames_held == 0
+
+
+def test_same_frame_id_on_two_nodes_is_two_frames():
+    a, b = make_jpeg(seed=1), make_jpeg(seed=2)
+    r = Reassembler()
+    assert feed(r, "cam-a", chunks_of(a, 5)).data == a
+    assert feed(r, "cam-b", chunks_of(b, 5)).data == b
+
+
+def test_crc_mismatch_is_rejected():
+    data = make_jpeg(seed=3)
+    raw = encode_chunks(data, 9, 256, None)
+    bad = bytearray(raw[1])
+    bad[-1] ^= 1
+    raw[1] = bytes(bad)
+    r = Reassembler()
+    with pytest.raises(FrameRejected, match="CRC32"):
+        feed(r, "cam-1", [decode_chunk(c) for c in raw])
+    assert r.counters["crc_failures"] == 1 and r.frames_held == 0
+
+
+def test_chunk_disagreeing_with_earlier_chunks_is_rejected():
+    a = chunks_of(make_jpeg(seed=1), 3)
+    b = chunks_of(make_jpeg(seed=2), 3)  # same frame id, other content
+    r = Reassembler()
+    r.add("cam-1", a[0], 0.0)
+    with pytest.raises(ValueError, match="disagrees"):
+        r.add("cam-1", b[1], 0.0)
+
+
+def test_non_jpeg_frame_is_rejected_by_inspection():
+    assert inspect_jpeg(make_jpeg(64, 48)).width == 64
+    truncated = make_jpeg(seed=5)[:-400]
+    for junk in (b"\x00" * 1000, b"GIF89a" + b"\x00" * 100, truncated):
+        with pytest.raises(NotAJpeg):
+            inspect_jpeg(junk)
+
+
+def test_size_and_chunk_count_limits():
+    r = Reassembler(Limits(max_frame_bytes=1000, max_chunks=3))
+    with pytest.raises(ValueError, match="max_frame_bytes"):
+        r.add("cam-1", chunks_of(b"x" * 1001)[0], 0.0)
+    with pytest.raises(ValueError, match="max_chunks"):
+        r.add("cam-1", chunks_of(b"x" * 1000)[0], 0.0)
+    assert r.frames_held == 0
+
+
+def test_flood_of_frames_that_never_complete_stays_bounded():
+    lim = Limits(max_frames_per_node=3, max_frames_total=10, max_bytes_total=20_000)
+    r = Reassembler(lim)
+    big = b"y" * 50_000
+    for node in range(20):
+        for fid in range(1, 30):
+            # Chunk 0 only: every frame stays incomplete forever.
+            r.add(f"cam-{node}", chunks_of(big, fid, 1024)[0], float(fid))
+            assert r.frames_held <= lim.max_frames_total
+            assert r.bytes_held <= lim.max_bytes_total + 1024
+    assert r.counters["frames_lost"] > 0
+
+
+def test_resend_requests_exactly_the_missing_chunks_then_gives_up():
+    lim = Limits(resend_after=1.0, resend_tries=2, max_age=100)
+    r = Reassembler(lim)
+    cs = chunks_of(make_jpeg(seed=6), 4)
+    n = len(cs)
+    feed(r, "cam-1", [c for c in cs if c.index not in (1, n - 2)], now=0.0)
+    assert r.tick(0.5) == ([], [])  # not quiet long enough yet
+    reqs, lost = r.tick(1.0)
+    assert [(q.node, q.frame_id, q.chunks) for q in reqs] == [("cam-1", 4, [1, n - 2])]
+    r.add("cam-1", cs[1], 1.5)  # half of the answer arrives
+    reqs, _ = r.tick(2.5)
+    assert reqs[0].chunks == [n - 2] and reqs[0].attempt == 2
+    reqs, lost = r.tick(3.5)
+    assert reqs == [] and lost[0].frame_id == 4 and lost[0].missing == 1
+    assert r.counters["frames_lost"] == 1 and r.frames_held == 0
+
+
+def test_resend_completes_the_frame():
+    data = make_jpeg(seed=7)
+    cs = chunks_of(data, 8)
+    r = Reassembler(Limits(resend_after=1.0))
+    feed(r, "cam-1", cs[:-1], 0.0)
+    (req,), _ = r.tick(1.0)
+    assert req.chunks == [len(cs) - 1]
+    assert feed(r, "cam-1", [cs[i] for i in req.chunks], 1.1).data == data
+
+
+def test_node_saying_no_longer_held_means_lost_and_old_frames_expire():
+    r = Reassembler(Limits(max_age=10))
+    cs = chunks_of(make_jpeg(seed=8), 2)
+    r.add("cam-1", cs[0], 0.0)
+    lost = r.give_up("cam-1", 2, "node cannot resend: frame 2 is no longer held")
+    assert lost and "no longer held" in lost.reason
+    r.add("cam-1", chunks_of(make_jpeg(seed=9), 3)[0], 0.0)
+    _, lost = r.tick(11.0)
+    assert [x.frame_id for x in lost] == [3]

@@ -1,0 +1,306 @@
+"""The backend service against a real Mosquitto, fed by light nodes (tests/lightnode.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lightnode import LightNode, Watcher, encode_chunks, make_jpeg  # noqa: E402
+
+from backend import storage as storage_mod  # noqa: E402
+from backend.config import Settings  # noqa: E402
+from backend.subscriber import Backend  # noqa: E402
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "chunks.json").read_text())
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(broker, data_dir):
+    return Settings(broker=broker.url, data_dir=str(data_dir), resend_after=0.3,
+                    retry_interval=0.2, client_id="backend-under-test")
+
+
+@pytest.fixture
+def backend(settings):
+    b = Backend(settings).start()
+    assert b.connected.wait(10)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def nodes(broker):
+    made: list[LightNode] = []
+
+    def make(node_id: str, **kw) -> LightNode:
+        n = LightNode(broker.host, broker.port, node_id, **kw).start()
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        if n.connected.is_set():
+            n.stop()
+
+
+@pytest.fixture
+def watch(broker):
+    made: list[Watcher] = []
+
+    def make(*topics: str) -> Watcher:
+        w = Watcher(broker.host, broker.port, *topics)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def stored_events(w: Watcher, node: str) -> list[dict]:
+    return w.json(f"espcam/{node}/event")
+
+
+def wait_stored(w: Watcher, node: str, frame_id: int) -> dict:
+    return w.wait_for(lambda _: next((e for e in stored_events(w, node)
+                                      if e["frame"] == frame_id), None))
+
+
+def index_rows(data_dir: Path) -> list[tuple]:
+    with sqlite3.connect(data_dir / "index.sqlite3") as db:
+        return db.execute("SELECT node, frame_id, bytes, path FROM frames ORDER BY node, "
+                          "frame_id").fetchall()
+
+
+def test_frames_from_several_nodes_are_stored_identical_indexed_once(backend, nodes, watch,
+                                                                      data_dir, broker):
+    w = watch("espcam/+/event")
+    sent: dict[str, dict[int, bytes]] = {}
+    cams = [nodes(f"cam-{i}", chunk_size=cs) for i, cs in enumerate((256, 1024, 4096))]
+    for round_ in range(5):
+        for i, cam in enumerate(cams):
+            jpeg = make_jpeg(160 + 16 * i, 120, seed=100 * i + round_)
+            sent.setdefault(cam.node, {})[cam.publish_frame(jpeg)] = jpeg
+    # A whole frame sent again (a node that missed its PUBACK does this): stored once.
+    fid, jpeg = next(iter(sent["cam-0"].items()))
+    cams[0].publish_frame(jpeg, fid)
+    last = cams[0].publish_frame(make_jpeg(seed=999))
+    sent["cam-0"][last] = make_jpeg(seed=999)
+    for cam in cams:
+        for fid in sent[cam.node]:
+            wait_stored(w, cam.node, fid)
+    rows = index_rows(data_dir)
+    assert len(rows) == sum(len(v) for v in sent.values())
+    assert len({(r[0], r[1]) for r in rows}) == len(rows)
+    for node, frame_id, size, path in rows:
+        assert (data_dir / path).read_bytes() == sent[node][frame_id]
+        assert size == len(sent[node][frame_id])
+    assert sum(len(stored_events(w, c.node)) for c in cams) == len(rows)
+    # A newcomer (Home Assistant) gets each node's latest frame from the retained `image`.
+    images = watch("espcam/+/image")
+    for cam in cams:
+        newest = sent[cam.node][max(sent[cam.node])]
+        images.wait_for(lambda msgs, n=cam.node: any(t == f"espcam/{n}/image" for t, _, _ in msgs))
+        assert images.payloads(f"espcam/{cam.node}/image") == [newest]
+        assert (data_dir / cam.node / "latest.jpg").read_bytes() == newest
+    event = stored_events(w, "cam-1")[0]
+    assert event["width"] == 176 and event["height"] == 120 and event["trigger"] == "interval"
+
+
+def test_dropped_chunks_are_requested_again_and_the_frame_completes(backend, nodes, watch,
+                                                                     data_dir):
+    w = watch("espcam/+/event")
+    cam = nodes("cam-drop", chunk_size=256)
+    jpeg = make_jpeg(seed=5)
+    n = len(encode_chunks(jpeg, 1, 256, None))
+    fid = cam.publish_frame(jpeg, skip={0, 2, n - 1})
+    event = wait_stored(w, "cam-drop", fid)
+    assert (data_dir / event["path"]).read_bytes() == jpeg
+    assert [r["chunks"] for r in cam.resend_requests] == [[0, 2, n - 1]]
+    assert cam.resend_requests[0]["frame"] == fid
+
+
+def test_frame_no_longer_held_is_counted_lost_with_a_log_line(backend, nodes, watch, data_dir,
+                                                               caplog):
+    w = watch("espcam/+/event")
+    cam = nodes("cam-lost")
+    gone = cam.publish_frame(make_jpeg(seed=1), skip={1})
+    kept = cam.publish_frame(make_jpeg(seed=2))  # the node now holds this one only
+    wait_stored(w, "cam-lost", kept)
+    w.wait_for(lambda _: backend.status()["counters"].get("frames_lost") == 1)
+    assert [e["frame"] for e in stored_events(w, "cam-lost")] == [kept]
+    assert any(f"LOST frame {gone} of node cam-lost" in r.getMessage()
+               and "no longer held" in r.getMessage() for r in caplog.records)
+    assert backend.status()["frames_in_flight"] == 0
+
+
+def test_corrupted_chunk_fails_crc_and_is_not_stored(backend, nodes, watch, data_dir):
+    w = watch("espcam/+/event")
+    cam = nodes("cam-bad")
+    bad = cam.publish_frame(make_jpeg(seed=1), corrupt={1})
+    good = cam.publish_frame(make_jpeg(seed=2))
+    wait_stored(w, "cam-bad", good)  # the loop handles one node's messages in order
+    assert [r[1] for r in index_rows(data_dir)] == [good]
+    assert bad != good and backend.status()["counters"]["crc_failures"] == 1
+
+
+def test_malformed_chunks_and_non_jpeg_frames_are_dropped(backend, nodes, watch, data_dir):
+    w = watch("espcam/+/event")
+    cam = nodes("cam-junk")
+    for case in VECTORS["invalid"]:
+        cam.client.publish(cam.t("frame"), bytes.fromhex(case["chunk_hex"]), qos=1)
+    cam.client.publish(cam.t("frame"), b"", qos=1)
+    not_jpeg = bytes(range(256)) * 20
+    cam.publish_frame(not_jpeg, 50)
+    # Well-formed, but claims 5 MB: above the default max_frame_bytes of 4 MiB.
+    huge = encode_chunks(b"\x00" * 5_000_000, 51, 65536, None)[0]
+    cam.client.publish(cam.t("frame"), huge, qos=1)
+    good = cam.publish_frame(make_jpeg(seed=3), 52)
+    wait_stored(w, "cam-junk", good)
+    counters = backend.status()["counters"]
+    assert counters["bad_chunks"] == len(VECTORS["invalid"]) + 1
+    assert counters["not_jpeg"] == 1
+    assert counters["rejected_chunks"] == 1  # the one over max_frame_bytes
+    assert [r[1] for r in index_rows(data_dir)] == [good]
+
+
+HOSTILE = ["..", "...", "A", "-lead", "_backendx", "é", "cam-" + "x" * 40, "x" * 10_000,
+           "%2e%2e", "cam 1"]
+
+
+def test_hostile_node_ids_are_dropped_and_nothing_leaves_the_data_dir(backend, broker, nodes,
+                                                                       watch, tmp_path, data_dir):
+    w = watch("espcam/+/event")
+    evil = LightNode(broker.host, broker.port, "evil-client")
+    evil.start()
+    jpeg = make_jpeg(seed=1)
+    for node in HOSTILE:
+        evil.node = node  # publish under another node's name, as a hostile client would
+        evil.publish_frame(jpeg, 1)
+        evil.client.publish(f"espcam/{node}/state", b'{"proto": 1}', qos=1)
+        evil.client.publish(f"espcam/{node}/availability", b"online", qos=1)
+    evil.node = "evil-client"
+    evil.stop()
+    cam = nodes("cam-ok")
+    wait_stored(w, "cam-ok", cam.publish_frame(jpeg))
+    assert [r[0] for r in index_rows(data_dir)] == ["cam-ok"]
+    top = {p.name for p in data_dir.iterdir()}
+    assert top <= {"index.sqlite3", "index.sqlite3-journal", "cam-ok", "evil-client"}
+    outside = {p.name for p in tmp_path.iterdir()}
+    assert outside == {"data", "broker"}
+    chunks = len(encode_chunks(jpeg, 1, evil.chunk_size, None))
+    assert backend.status()["counters"]["bad_topics"] == (chunks + 2) * len(HOSTILE)
+
+
+def test_incomplete_frame_flood_keeps_memory_bounded(broker, nodes, watch, data_dir):
+    limits = dict(max_frames_per_node=2, max_frames_total=4, resend_after=60)
+    b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), client_id="flood",
+                         **limits)).start()
+    try:
+        w = watch("espcam/+/event")
+        floods = [nodes(f"flood-{i}", chunk_size=256) for i in range(3)]
+        jpeg = make_jpeg(seed=1)
+        for fid in range(1, 40):
+            for n in floods:
+                n.publish_frame(jpeg, fid, skip={1}, wait=False)
+                status = b.status()
+                assert status["frames_in_flight"] <= 4
+        good = floods[0].publish_frame(make_jpeg(seed=2), 100)
+        wait_stored(w, "flood-0", good)
+        assert b.status()["frames_in_flight"] <= 4
+        assert b.status()["counters"]["frames_lost"] >= 3 * 39 - 4
+    finally:
+        b.stop()
+
+
+def test_full_disk_is_reported_service_stays_up_and_the_frame_is_kept(backend, nodes, watch,
+                                                                       data_dir, monkeypatch):
+    w = watch("espcam/+/event", "espcam/_backend/status")
+    cam = nodes("cam-disk")
+    first = make_jpeg(seed=1)
+    wait_stored(w, "cam-disk", cam.publish_frame(first))
+    before = {p: p.read_bytes() for p in data_dir.rglob("*.jpg")}
+
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage_mod, "_write_all", disk_full)
+    second = make_jpeg(seed=2)
+    fid = cam.publish_frame(second)
+    status = w.wait_for(lambda _: next((s for s in w.json("espcam/_backend/status")
+                                        if s["storage"] != "ok"), None))
+    assert "disk full" in status["storage"] and status["pending_frames"] == 1
+    # Still serving: a state document is handled while storage is down.
+    cam.publish_state()
+    assert {p: p.read_bytes() for p in data_dir.rglob("*.jpg")} == before
+    assert not [p for p in data_dir.rglob(".tmp-*")]
+    monkeypatch.undo()  # space freed
+    event = wait_stored(w, "cam-disk", fid)
+    assert (data_dir / event["path"]).read_bytes() == second
+    w.wait_for(lambda _: w.json("espcam/_backend/status")[-1]["storage"] == "ok")
+
+
+def test_backend_availability_is_retained_with_a_last_will(settings, watch):
+    b = Backend(settings).start()
+    assert b.connected.wait(10)
+    w = watch("espcam/_backend/availability")
+    w.wait_for(lambda _: w.payloads("espcam/_backend/availability")[-1:] == [b"online"])
+    b.stop()
+    w.wait_for(lambda _: w.payloads("espcam/_backend/availability")[-1:] == [b"offline"])
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB file system (tmpfs), so the disk fills up for real; needs root."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_disk_then_space_freed(broker, nodes, watch, tiny_fs):
+    data_dir = tiny_fs / "data"
+    b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), client_id="tiny",
+                         retry_interval=0.2, max_pending_frames=100)).start()
+    try:
+        w = watch("espcam/+/event", "espcam/_backend/status")
+        cam = nodes("cam-full", chunk_size=4096)
+        sent: dict[int, bytes] = {}
+        while not any(s["storage"] != "ok" for s in w.json("espcam/_backend/status")):
+            jpeg = make_jpeg(320, 240, seed=len(sent))  # ~60 KB of noise each
+            sent[cam.publish_frame(jpeg)] = jpeg
+            w.wait_for(lambda _: b.status()["pending_frames"] or b.status()["counters"].get(
+                "frames_stored", 0) == len(sent))
+            assert len(sent) < 50, "the 256 KiB file system never filled up"
+        status = [s for s in w.json("espcam/_backend/status") if s["storage"] != "ok"][0]
+        assert "disk full" in status["storage"] or "full" in status["storage"]
+        stored = {e["frame"]: e["path"] for e in w.json("espcam/cam-full/event")}
+        for fid, path in stored.items():
+            assert (data_dir / path).read_bytes() == sent[fid]  # nothing stored was damaged
+        assert not list(data_dir.rglob(".tmp-*"))
+        cam.publish_state()  # still serving
+        subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_fs)], check=True)
+        for fid in sent:
+            wait_stored(w, "cam-full", fid)
+        assert b.status()["storage"] == "ok" and b.status()["pending_frames"] == 0
+    finally:
+        b.stop()

@@ -1,0 +1,131 @@
+"""`espcam provision` and the password-file users it makes, checked by a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker import Broker
+from provision_helpers import cli
+
+from provision import ProvisionError, credentials
+
+
+def can_connect(broker: Broker, user: str, password: str) -> bool:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+    c.username_pw_set(user, password)
+    try:
+        return not c.connect(broker.host, broker.port) and _connack_ok(c)
+    finally:
+        c.disconnect()
+
+
+def _connack_ok(c: mqtt.Client) -> bool:
+    result: list[bool] = []
+    c.on_connect = lambda c, u, f, rc, p: result.append(not rc.is_failure)
+    for _ in range(100):
+        c.loop(0.1)
+        if result:
+            return result[0]
+    raise AssertionError("no CONNACK")
+
+
+@pytest.fixture
+def auth_broker(tmp_path):
+    passwd = tmp_path / "passwd"
+    credentials.add_user(passwd, "admin", "admin-pw")  # the broker refuses an empty file
+    b = Broker(tmp_path / "broker", extra=f"password_file {passwd}\n")
+    yield b, passwd
+    b.stop()
+
+
+def test_mosquitto_accepts_the_user_and_only_with_its_password(auth_broker):
+    broker, passwd = auth_broker
+    pw = credentials.add_user(passwd, "cam-1")
+    broker.start()
+    assert can_connect(broker, "cam-1", pw)
+    assert not can_connect(broker, "cam-1", pw + "x")
+    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
+
+
+def test_existing_users_are_kept_and_not_silently_rotated(tmp_path):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "old", "old-pw"], check=True)
+    pw = credentials.add_user(passwd, "cam-1")
+    with pytest.raises(ProvisionError, match="already exists"):
+        credentials.add_user(passwd, "cam-1")
+    users = credentials.read_users(passwd)
+    assert set(users) == {"old", "cam-1"}
+    assert credentials.check_password(users["old"], "old-pw")  # mosquitto_passwd's own line
+    assert credentials.check_password(users["cam-1"], pw)
+    new = credentials.add_user(passwd, "cam-1", replace=True)
+    assert new != pw and credentials.check_password(credentials.read_users(passwd)["cam-1"], new)
+    with pytest.raises(ProvisionError, match="broker user"):
+        credentials.add_user(passwd, "bad user:name")
+
+
+def test_provision_writes_user_and_config_and_hides_the_password(tmp_path, capsys, auth_broker):
+    broker, passwd = auth_broker
+    out = tmp_path / "nodes" / "cam-kitchen.json"
+    argv = [
+        "provision",
+        "cam-kitchen",
+        "--wifi-ssid",
+        "home",
+        "--wifi-password",
+        "wifi-secret",
+        "--broker",
+        "192.168.1.10",
+        "--passwd-file",
+        str(passwd),
+        "--config-out",
+        str(out),
+    ]
+    assert cli(*argv) == 0
+    said = capsys.readouterr().out
+    cfg = json.loads(out.read_text())
+    password = cfg["broker"]["password"]
+    assert cfg["node_id"] == "cam-kitchen" and cfg["broker"]["user"] == "cam-kitchen"
+    assert cfg["broker"]["host"] == "192.168.1.10" and cfg["broker"]["port"] == 1883
+    assert str(passwd) in said and str(out) in said
+    assert password not in said and "wifi-secret" not in said
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    broker.start()
+    assert can_connect(broker, "cam-kitchen", password)
+
+    # Again without --rotate: refused, nothing changed.
+    before = passwd.read_text()
+    assert cli(*argv) == 1
+    assert "--rotate" in capsys.readouterr().err
+    assert passwd.read_text() == before
+    # With --rotate and --show-password: a new password, printed this time.
+    assert cli(*argv, "--rotate", "--show-password") == 0
+    new = json.loads(out.read_text())["broker"]["password"]
+    assert new != password and new in capsys.readouterr().out
+
+
+def test_provision_checks_its_input_before_touching_the_password_file(tmp_path, capsys):
+    passwd = tmp_path / "passwd"
+    for bad, why in [
+        (["Cam 1", "--wifi-ssid", "h", "--broker", "b"], "node id"),
+        (["cam-1", "--broker", "b"], "--wifi-ssid"),
+        (["cam-1", "--wifi-ssid", "h", "--broker", "b:99999"], "port"),
+        (["cam-1", "--wifi-ssid", "h"], "--broker"),
+    ]:
+        assert (
+            cli(
+                "provision",
+                *bad,
+                "--passwd-file",
+                str(passwd),
+                "--config-out",
+                str(tmp_path / "c.json"),
+            )
+            == 1
+        )
+        assert why in capsys.readouterr().err
+    assert not passwd.exists()
