@@ -17,6 +17,9 @@ from pathlib import Path
 
 from provision.errors import ProvisionError
 
+# The file holds salted hashes, not passwords, and the broker runs as another user (its own uid
+# in Docker, `mosquitto` when started as root), so it must be readable by others.
+FILE_MODE = 0o644
 ITERATIONS = 101  # what mosquitto_passwd 2.x uses; the broker reads the count from the line
 SALT_BYTES = 12
 HASH_BYTES = 64
@@ -72,7 +75,7 @@ def _write(path: Path, users: dict[str, str], mode: int) -> None:
 
 
 def add_user(
-    path: Path, user: str, password: str | None = None, *, replace: bool = False, mode: int = 0o600
+    path: Path, user: str, password: str | None = None, *, replace: bool = False, mode: int = FILE_MODE
 ) -> str:
     """Adds `user` (or, with replace=True, gives it a new password); returns the password.
 
@@ -93,7 +96,7 @@ def add_user(
     return password
 
 
-def remove_user(path: Path, user: str, mode: int = 0o600) -> bool:
+def remove_user(path: Path, user: str, mode: int = FILE_MODE) -> bool:
     users = read_users(path)
     if users.pop(user, None) is None:
         return False

@@ -58,3 +58,9 @@ def make_firmware(folder: Path, chip: str) -> Path:
         capture_output=True,
     )
     return out
+
+
+def auth_broker_config(passwd: Path) -> str:
+    # Mosquitto started as root drops to the `mosquitto` user, which cannot enter pytest's
+    # private (0700) temp folders; `user root` keeps it able to read the password file there.
+    return f"password_file {passwd}\nuser root\n"

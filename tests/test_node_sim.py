@@ -104,7 +104,6 @@ def test_config_change_survives_reboot(observer, make_node):
     assert observer.command("cam-1", {"id": "r1", "cmd": "reboot"})["ok"]
     online(observer, start=start)
     wait_until(lambda: node.boots > boots, what="reboot")
-    state = observer.json_on("espcam/cam-1/state", start=observer.mark() - 1)
     state = observer.json_on("espcam/cam-1/state", lambda d: d["uptime"] < 30, start=start)
     assert state["settings"]["quality"] == 55 and state["settings"]["frame_size"] == "QVGA"
 
@@ -115,6 +114,47 @@ def test_killed_node_goes_offline_via_last_will(observer, make_node):
     start = observer.mark()
     node.kill()
     observer.topic("espcam/cam-1/availability", 30, start, payload=b"offline")
+
+
+def test_duty_cycle_wakes_captures_and_sleeps_with_consecutive_frame_ids(observer, make_node):
+    node = make_node("cam-1", config={"sleep_interval": 2, "awake": 1, "pir_pin": None})
+    metas = []
+    start = 0
+    for _ in range(3):
+        m = observer.wait(lambda m: m.topic == "espcam/cam-1/frame", 60, start)
+        from observer import parse_chunk
+
+        fid = parse_chunk(m.payload).frame_id
+        data, meta, _ = observer.frame("cam-1", fid, start=start)
+        metas.append((fid, meta["trigger"], meta["wake"]))
+        observer.topic("espcam/cam-1/availability", 30, start, payload=b"sleeping")
+        start = observer.mark()
+    first = metas[0][0]
+    # Frame ids continue across deep sleep (RTC memory): no gaps, no repeats.
+    assert [f for f, _, _ in metas] == [first, first + 1, first + 2]
+    assert metas[0][1:] == ("boot", "none")
+    assert metas[1][1:] == ("wake", "timer") and metas[2][1:] == ("wake", "timer")
+    assert node.boots >= 3
+
+
+def test_motion_during_deep_sleep_wakes_the_node(observer, make_node):
+    node = make_node("cam-1", config={"pir_pin": 13})
+    online(observer)
+    assert observer.command("cam-1", {"id": "z", "cmd": "sleep", "seconds": 3600})["ok"]
+    observer.topic("espcam/cam-1/availability", 30, payload=b"sleeping")
+    node.wait_status("sleeping")
+    start = observer.mark()
+    node.inject_motion()
+    online(observer, start=start)
+    state = observer.json_on("espcam/cam-1/state", lambda d: d["reset_cause"] == "deepsleep",
+                             start=start)
+    assert state["wake"] == "pin"
+    m = observer.wait(lambda m: m.topic == "espcam/cam-1/frame", 30, start)
+    from observer import parse_chunk
+
+    data, meta, _ = observer.frame("cam-1", parse_chunk(m.payload).frame_id, start=start)
+    assert meta["trigger"] == "motion" and meta["wake"] == "pin"
+    assert data == node.captures()[-1].read_bytes()
 
 
 def test_motion_triggers_a_frame(observer, make_node):

@@ -10,7 +10,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
-from provision_helpers import cli
+from provision_helpers import auth_broker_config, cli
 
 from provision import ProvisionError, credentials
 
@@ -38,7 +38,7 @@ def _connack_ok(c: mqtt.Client) -> bool:
 def auth_broker(tmp_path):
     passwd = tmp_path / "passwd"
     credentials.add_user(passwd, "admin", "admin-pw")  # the broker refuses an empty file
-    b = Broker(tmp_path / "broker", extra=f"password_file {passwd}\n")
+    b = Broker(tmp_path / "broker", extra=auth_broker_config(passwd))
     yield b, passwd
     b.stop()
 
@@ -49,7 +49,7 @@ def test_mosquitto_accepts_the_user_and_only_with_its_password(auth_broker):
     broker.start()
     assert can_connect(broker, "cam-1", pw)
     assert not can_connect(broker, "cam-1", pw + "x")
-    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
+    assert stat.S_IMODE(passwd.stat().st_mode) == credentials.FILE_MODE
 
 
 def test_existing_users_are_kept_and_not_silently_rotated(tmp_path):
