@@ -75,7 +75,12 @@ def _write(path: Path, users: dict[str, str], mode: int) -> None:
 
 
 def add_user(
-    path: Path, user: str, password: str | None = None, *, replace: bool = False, mode: int = FILE_MODE
+    path: Path,
+    user: str,
+    password: str | None = None,
+    *,
+    replace: bool = False,
+    mode: int = FILE_MODE,
 ) -> str:
     """Adds `user` (or, with replace=True, gives it a new password); returns the password.
 

@@ -285,6 +285,7 @@ def _umqtt(
             f"umqtt.simple is not on the board and there is no local copy at {path}: "
             "run ./scripts/setup.sh, give --umqtt-path FILE, or connect to the internet"
         )
+    say(f"umqtt.simple: using the local copy {path}")
     local[f"{UMQTT_DIR}/simple.py"] = path.read_bytes()
     return [f"{UMQTT_DIR}/simple.mpy"]
 
@@ -294,7 +295,8 @@ def _install_umqtt_mip(board: Board, say: Say) -> bool:
     if proc.returncode == 0 and "error" not in proc.stdout.lower():
         say("umqtt.simple: installed with mip")
         return True
-    say("umqtt.simple: mip install failed (" + (proc.stdout + proc.stderr).strip()[-200:] + ")")
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    say("umqtt.simple: mip install failed: " + (lines[-1] if lines else "no output"))
     return False
 
 
@@ -362,7 +364,11 @@ def _reset_and_watch(board: Board, cfg: dict[str, Any], opts: Options, say: Say)
         return 0
     brk, prefix, node = cfg["broker"], cfg.get("prefix", "espcam"), cfg["node_id"]
     host, port = brk["host"], brk.get("port", 1883)
-    watch = BirthWatch(host, port, prefix, node, brk.get("user"), brk.get("password"))
+    try:
+        watch = BirthWatch(host, port, prefix, node, brk.get("user"), brk.get("password"))
+    except ProvisionError as e:
+        board.reset()  # the app is deployed: start it even though we cannot watch it
+        raise ProvisionError(f"the app is deployed and the board reset, but {e}") from None
     console = ConsoleTail(board.port)
     try:
         board.reset()

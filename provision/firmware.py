@@ -6,6 +6,7 @@ output reaches the console unchanged, and its messages are mapped to what a user
 
 from __future__ import annotations
 
+import codecs
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -140,13 +141,15 @@ def run_streaming(cmd: list[str], echo: bool = True) -> tuple[int, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     chunks: list[bytes] = []
+    # Incremental, so a character split between two reads is not mangled on the console.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         data = proc.stdout.read1(4096)
         if not data:
             break
         chunks.append(data)
         if echo:
-            sys.stdout.write(data.decode(errors="replace"))
+            sys.stdout.write(decoder.decode(data))
             sys.stdout.flush()
     return proc.wait(), b"".join(chunks).decode(errors="replace")
 

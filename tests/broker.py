@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -44,8 +45,12 @@ class Broker:
     def write_config(self) -> Path:
         conf = self.dir / "mosquitto.conf"
         has_auth = "password_file" in self.extra or "allow_anonymous" in self.extra
+        # Run as root, Mosquitto drops to the `mosquitto` user, which cannot write the test's
+        # private temp directory (log, persistence); keep root for the test broker.
+        as_root = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            as_root
+            + f"listener {self.port} 127.0.0.1\n"
             + ("" if has_auth else "allow_anonymous true\n")
             + f"persistence_location {self.dir}/\n"
             + f"log_dest file {self.log}\n"
