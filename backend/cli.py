@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from backend import brokerusers
 from backend import config as config_mod
 from backend.names import check_node_id
 from backend.protocol import SETTINGS, CommandError, build_command
@@ -109,13 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node", type=node_arg)
     p = add("nodes", "list known nodes (from the data directory's index)")
     p.add_argument("--json", action="store_true")
+    p = add("forget", "remove a node from Home Assistant and the backend's live state")
+    p.add_argument("node", type=node_arg)
+    p.add_argument("--delete-frames", action="store_true",
+                   help="also delete its stored frames (kept by default)")
+    add("health", "exit 0 if the backend is online, current and its storage works")
     p = add("frames", "list a node's stored frames")
     p.add_argument("node", type=node_arg)
     p.add_argument("--since", type=parse_since, help="ISO date/time or age (30m, 6h, 2d)")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    brokerusers.add_arguments(sub, _common)
     # Listed for --help only: main() hands `espcam sim ...` to the simulator's own parser.
     sub.add_parser("sim", help="run simulated nodes (espcam sim --help)")
+    # Likewise the board tools (provision/), each with its own --help.
+    sub.add_parser("flash-firmware", help="write MicroPython to a board with esptool")
+    sub.add_parser("deploy", help="copy the node app and config.json onto a board")
+    sub.add_parser("provision", help="create a node's broker user and config.json")
+    sub.add_parser("console", help="the board's console (mpremote repl)")
     return parser
 
 
@@ -225,6 +237,31 @@ def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
     return EXIT_OK
 
 
+def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:
+    from backend.commands import BrokerUnreachable
+    from backend.forget import forget
+
+    try:
+        result = forget(settings, args.node, delete_frames=args.delete_frames)
+    except BrokerUnreachable as e:
+        print(f"espcam: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(result.message)
+    return EXIT_OK if result.done else EXIT_QUEUED
+
+
+def cmd_health(settings: config_mod.Settings) -> int:
+    from backend.commands import BrokerUnreachable
+    from backend.health import check
+
+    try:
+        ok, why = check(settings)
+    except BrokerUnreachable as e:
+        ok, why = False, str(e)
+    print(f"backend {'healthy' if ok else 'unhealthy'}: {why}")
+    return EXIT_OK if ok else EXIT_ERROR
+
+
 def cmd_sim(argv: list[str]) -> int:
     try:
         from sim import runner  # the simulator is optional and may not be installed
@@ -236,10 +273,25 @@ def cmd_sim(argv: list[str]) -> int:
     return int(runner.run(parser.parse_args(argv)) or 0)
 
 
+BOARD_COMMANDS = ("flash-firmware", "deploy", "provision", "console")
+
+
+def cmd_board(argv: list[str]) -> int:
+    """Board tools (provision/): they talk to a serial port, not to the backend's settings."""
+    from provision import cli as board_cli
+
+    parser = argparse.ArgumentParser(prog="espcam")
+    board_cli.add_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         return cmd_sim(argv[1:])
+    if argv[:1] and argv[0] in BOARD_COMMANDS:
+        return cmd_board(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -258,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_nodes(args, settings)
     if args.command == "frames":
         return cmd_frames(args, settings)
+    if args.command == "forget":
+        return cmd_forget(args, settings)
+    if args.command == "health":
+        return cmd_health(settings)
+    if hasattr(args, "func"):
+        return int(args.func(args, settings) or 0)
     return cmd_node_command(args, settings)
 
 

@@ -47,6 +47,9 @@ class Settings:
     max_age: float = Limits.max_age
     # [cli]
     command_timeout: float = 10.0
+    # [homeassistant]
+    ha_discovery: bool = True
+    ha_prefix: str = "homeassistant"
     # top level
     log_level: str = "INFO"
 
@@ -74,6 +77,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
                "max_bytes_total", "resend_after", "resend_tries", "max_age"),
     "cli": ("command_timeout",),
+    "homeassistant": ("ha_discovery", "ha_prefix"),
     "": ("log_level",),
 }
 TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings)}
@@ -157,6 +161,7 @@ def load(
     split_broker(settings.broker)
     try:
         check_prefix(settings.prefix)
+        check_prefix(settings.ha_prefix)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for name in TYPES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +90,10 @@ class Reassembler:
         self.counters: Counter[str] = Counter()
         # Insertion order is arrival order of each frame's first chunk: the oldest is evicted.
         self._partials: OrderedDict[tuple[str, int], _Partial] = OrderedDict()
-        self._done: dict[str, deque[int]] = {}
+        # Finished frames per node: frame id -> CRC32. A chunk of a finished id with the same
+        # CRC is a late duplicate; with another CRC the id was re-used (a node that lost its
+        # flash counts from 1 again) and it starts a new frame.
+        self._done: dict[str, OrderedDict[int, int]] = {}
         self._bytes = 0
 
     # -- public view ---------------------------------------------------------------------
@@ -103,8 +106,12 @@ class Reassembler:
     def frames_held(self) -> int:
         return len(self._partials)
 
-    def is_done(self, node: str, frame_id: int) -> bool:
-        return frame_id in self._done.get(node, ())
+    def is_done(self, node: str, frame_id: int, crc32: int | None = None) -> bool:
+        """True if this frame id (and, if given, this CRC) was finished or given up."""
+        done = self._done.get(node, {})
+        if frame_id not in done:
+            return False
+        return crc32 is None or done[frame_id] == crc32
 
     # -- input ---------------------------------------------------------------------------
 
@@ -114,9 +121,13 @@ class Reassembler:
         disagrees with the frame it claims to belong to or with the limits."""
         self.counters["chunks"] += 1
         key = (node, chunk.frame_id)
-        if self.is_done(node, chunk.frame_id):
+        if self.is_done(node, chunk.frame_id, chunk.crc32):
             self.counters["duplicate_chunks"] += 1
             return None, []
+        if self.is_done(node, chunk.frame_id):
+            # Same id, different frame: a re-used id. Forget the old one and take this one.
+            self.counters["reused_frame_ids"] += 1
+            del self._done[node][chunk.frame_id]
         evicted: list[Lost] = []
         part = self._partials.get(key)
         if part is None:
@@ -188,8 +199,11 @@ class Reassembler:
     def _forget(self, part: _Partial) -> None:
         self._partials.pop((part.node, part.frame_id), None)
         self._bytes -= part.received
-        done = self._done.setdefault(part.node, deque(maxlen=self.limits.remember_done))
-        done.append(part.frame_id)
+        done = self._done.setdefault(part.node, OrderedDict())
+        done[part.frame_id] = part.shape[1]
+        done.move_to_end(part.frame_id)
+        while len(done) > self.limits.remember_done:
+            done.popitem(last=False)
 
     def _drop(self, part: _Partial, reason: str) -> Lost:
         missing = len(part.missing())

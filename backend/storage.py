@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS frames (
     trigger     TEXT,
     crc         INTEGER NOT NULL,
     path        TEXT    NOT NULL UNIQUE,
-    PRIMARY KEY (node, frame_id)
+    -- A frame id is re-used only by a node that lost its flash; then the CRC tells them apart.
+    PRIMARY KEY (node, frame_id, crc)
 );
 CREATE INDEX IF NOT EXISTS frames_by_time ON frames (node, taken_at);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -132,19 +133,80 @@ class Storage:
         # check_same_thread off: the service owns one connection and serialises its use.
         self.db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        self._migrate()
         self.db.executescript(SCHEMA)
         self.db.commit()
+
+    def _migrate(self) -> None:
+        """Indexes written before frames were keyed by CRC too get the new key, rows kept."""
+        cols = {r["name"]: r["pk"] for r in self.db.execute("PRAGMA table_info(frames)")}
+        if not cols or cols.get("crc"):
+            return
+        log.info("index: re-keying the frames table by (node, frame_id, crc)")
+        with self.db:
+            self.db.execute("ALTER TABLE frames RENAME TO frames_old")
+            self.db.execute("DROP INDEX IF EXISTS frames_by_time")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT INTO frames SELECT node, frame_id, captured_at, received_at, "
+                            "taken_at, bytes, width, height, trigger, crc, path FROM frames_old")
+            self.db.execute("DROP TABLE frames_old")
 
     def close(self) -> None:
         self.db.close()
 
     # -- writing -------------------------------------------------------------------------
 
-    def has(self, node: str, frame_id: int) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
-        ).fetchone()
+    def has(self, node: str, frame_id: int, crc: int | None = None) -> bool:
+        """Is this frame stored? With `crc`, only the frame of that id with that CRC counts."""
+        if crc is None:
+            row = self.db.execute(
+                "SELECT 1 FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT 1 FROM frames WHERE node = ? AND frame_id = ? AND crc = ?",
+                (node, frame_id, crc),
+            ).fetchone()
         return row is not None
+
+    def count(self, node: str) -> int:
+        """Frames of this node in the index."""
+        return self.db.execute("SELECT COUNT(*) FROM frames WHERE node = ?", (node,)).fetchone()[0]
+
+    def latest(self, node: str) -> StoredFrame | None:
+        """The node's newest frame (by capture time, else arrival), or None."""
+        r = self.db.execute(
+            "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
+            "crc, path FROM frames WHERE node = ? ORDER BY taken_at DESC, received_at DESC "
+            "LIMIT 1", (node,)
+        ).fetchone()
+        return StoredFrame(**dict(r)) if r else None
+
+    def forget_node(self, node: str, delete_frames: bool = False) -> int:
+        """Drop the node's row (availability, state); with `delete_frames` also its frames,
+        files and directory. Returns the number of frames deleted."""
+        check_node_id(node)
+        deleted = 0
+        if delete_frames:
+            for r in self.db.execute("SELECT path FROM frames WHERE node = ?", (node,)).fetchall():
+                (self.root / r["path"]).unlink(missing_ok=True)
+                deleted += 1
+            with self.db:
+                self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
+            node_dir = self.root / node
+            (node_dir / "latest.jpg").unlink(missing_ok=True)
+            for day in sorted(node_dir.glob("*"), reverse=True):
+                try:
+                    day.rmdir()
+                except OSError:
+                    pass  # not empty: something we did not write; left alone
+            try:
+                node_dir.rmdir()
+            except OSError:
+                pass
+        with self.db:
+            self.db.execute("DELETE FROM nodes WHERE node = ?", (node,))
+        return deleted
 
     def store(
         self,
@@ -162,7 +224,7 @@ class Storage:
         """Store one frame; None if (node, frame_id) is already stored. Raises StorageError
         when the disk refuses, after removing whatever this call had written."""
         check_node_id(node)
-        if self.has(node, frame_id):
+        if self.has(node, frame_id, crc):
             return None
         taken = captured_at if captured_at is not None else received_at
         day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
@@ -235,7 +297,7 @@ class Storage:
         ret = self.retention
         rows = self.db.execute(
             "SELECT frame_id, path, bytes, taken_at FROM frames WHERE node = ? "
-            "ORDER BY taken_at, frame_id", (node,)
+            "ORDER BY taken_at, received_at, frame_id", (node,)
         ).fetchall()
         total = sum(r["bytes"] for r in rows)
         doomed = []
@@ -254,8 +316,7 @@ class Storage:
                 log.error("retention: cannot delete %s: %s", path, describe_os_error(e))
                 continue
             with self.db:
-                self.db.execute("DELETE FROM frames WHERE node = ? AND frame_id = ?",
-                                (node, r["frame_id"]))
+                self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
             try:
                 path.parent.rmdir()  # only succeeds once the day directory is empty
             except OSError:
@@ -298,7 +359,8 @@ class Storage:
                         continue
                     taken = _parse_stamp(m.group(1))
                     frame_id = int(m.group(2))
-                    if self.has(node_dir.name, frame_id):
+                    crc = zlib.crc32(data) & 0xFFFFFFFF
+                    if self.has(node_dir.name, frame_id, crc):
                         log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
                         stats["skipped"] += 1
                         continue
@@ -308,15 +370,13 @@ class Storage:
                             "taken_at, bytes, width, height, trigger, crc, path) "
                             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                             (node_dir.name, frame_id, taken, f.stat().st_mtime, taken,
-                             len(data), info.width, info.height, None,
-                             zlib.crc32(data) & 0xFFFFFFFF, rel),
+                             len(data), info.width, info.height, None, crc, rel),
                         )
                     stats["indexed"] += 1
         for r in self.db.execute("SELECT node, frame_id, path FROM frames").fetchall():
             if not (self.root / r["path"]).is_file():
                 with self.db:
-                    self.db.execute("DELETE FROM frames WHERE node = ? AND frame_id = ?",
-                                    (r["node"], r["frame_id"]))
+                    self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
                 stats["dropped_rows"] += 1
         if any(stats.values()):
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
@@ -365,6 +425,7 @@ class Storage:
     def frame(self, node: str, frame_id: int) -> StoredFrame | None:
         r = self.db.execute(
             "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
-            "crc, path FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
+            "crc, path FROM frames WHERE node = ? AND frame_id = ? ORDER BY received_at DESC "
+            "LIMIT 1", (node, frame_id)
         ).fetchone()
         return StoredFrame(**dict(r)) if r else None

@@ -19,8 +19,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from backend import discovery
 from backend.config import Settings
+from backend.homeassistant import HomeAssistant
 from backend.jpeg import NotAJpeg, inspect_jpeg
+from backend.names import is_node_id
+from backend.nodereport import NodeReport
 from backend.protocol import (
     AVAILABILITY,
     BACKEND_LEVEL,
@@ -36,7 +40,7 @@ from backend.protocol import (
     parse_topic,
     topic,
 )
-from backend.reassembly import Frame, FrameRejected, Reassembler, ResendRequest
+from backend.reassembly import Frame, FrameRejected, Lost, Reassembler, ResendRequest
 from backend.storage import Storage, StorageError, StoredFrame
 
 log = logging.getLogger("espcam.backend")
@@ -45,6 +49,8 @@ TICK = 0.2  # how often timers (resends, storage retries) are looked at, seconds
 STATUS_EVERY = 30.0
 MAX_STATE_BYTES = 16 * 1024
 QUEUE_SIZE = 10_000  # a full queue blocks paho's thread, which pushes back through TCP
+RECENT_FRAME_IDS = 256  # per node, frame ids of which a chunk arrived (gap detection)
+MAX_GAP_REQUESTS = 1000  # frames asked for because the state named them; oldest forgotten
 
 
 @dataclass
@@ -100,6 +106,17 @@ class Backend:
         self._pending: deque[_Pending] = deque()
         self._next_retry = 0.0
         self._resends: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # Gap detection: the highest frame id seen per node (chunks and state documents), the
+        # recent ids of which a chunk arrived, and frames already asked for (once each).
+        self._highest: dict[str, int] = {}
+        self._chunk_ids: dict[str, deque[int]] = {}
+        self._gap_asked: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._gap_requests: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.reports: dict[str, NodeReport] = {}
+        self.ha = (HomeAssistant(self.prefix, settings.ha_prefix,
+                                 lambda t, p, r: self.publish(t, p, retain=r))
+                   if settings.ha_discovery else None)
+        self._announce_due = False
         self._status_due = 0.0
         self._warn = RateLimitedLog(log)
         self._thread: threading.Thread | None = None
@@ -134,6 +151,10 @@ class Backend:
     def availability_topic(self) -> str:
         return backend_topic(self.prefix, "availability")
 
+    @property
+    def forget_topic(self) -> str:
+        return backend_topic(self.prefix, "forget")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self.settings.broker, reason_code)
@@ -141,10 +162,15 @@ class Backend:
         log.info("connected to %s (session present: %s)", self.settings.broker,
                  flags.session_present)
         # Subscribing again is harmless when the session survived and needed when it did not.
-        client.subscribe([(f"{self.prefix}/+/{kind}", 1)
-                          for kind in ("frame", "availability", "state", "ack")])
+        topics = [(f"{self.prefix}/+/{kind}", 1)
+                  for kind in ("frame", "availability", "state", "ack")]
+        topics.append((self.forget_topic, 1))
+        if self.ha:
+            topics.append((self.ha.status_topic, 1))
+        client.subscribe(topics)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         self._status_due = 0.0
+        self._announce_due = True  # discovery and node reports, from the loop's thread
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -208,6 +234,12 @@ class Backend:
         """Hand one message to the stage owning its topic; nothing a message holds can stop
         the loop."""
         self.counters["messages"] += 1
+        if msg.topic == self.forget_topic:
+            self.on_forget(msg.payload)
+            return
+        if self.ha and msg.topic == self.ha.status_topic:
+            self.ha.on_status(msg.payload, self._known_nodes())
+            return
         try:
             node, kind = parse_topic(self.prefix, msg.topic)
         except TopicError as e:
@@ -216,6 +248,8 @@ class Backend:
             self.counters["bad_topics"] += 1
             self._warn.warning("topic", "dropped message: %s", e)
             return
+        if not msg.payload and kind in ("availability", "state"):
+            return  # a retained message being cleared (`espcam forget`)
         try:
             if kind == "frame":
                 self.on_chunk(node, msg.payload)
@@ -233,8 +267,56 @@ class Backend:
         view = self.nodes.get(node)
         if view is None:
             view = self.nodes[node] = NodeView()
+            self._first_seen(node)
         view.last_seen = time.time()
         return view
+
+    def _first_seen(self, node: str) -> None:
+        if node not in self.reports:
+            self._report(node)
+        if self.ha:
+            self.ha.node_seen(node, self.nodes[node].state)
+
+    def _known_nodes(self) -> dict[str, dict[str, Any] | None]:
+        """Nodes of the index and of this run, with their last state document."""
+        known: dict[str, dict[str, Any] | None] = {}
+        try:
+            known = {r["node"]: r["state"] for r in self.storage.nodes()}
+        except Exception as e:  # an unreadable index must not stop the live nodes
+            self._warn.warning("nodes", "cannot read nodes from the index: %s", e)
+        for node, view in self.nodes.items():
+            known[node] = view.state or known.get(node)
+        return {n: s for n, s in known.items() if is_node_id(n)}
+
+    # -- the backend's per-node report -----------------------------------------------------
+
+    def _report(self, node: str, publish: bool = True) -> NodeReport:
+        report = self.reports.get(node)
+        if report is None:
+            try:
+                report = NodeReport.from_storage(self.storage.count(node),
+                                                 self.storage.latest(node))
+            except Exception as e:
+                self._warn.warning("nodes", "cannot read node %s from the index: %s", node, e)
+                report = NodeReport()
+            self.reports[node] = report
+        if publish:
+            self.publish(discovery.report_topic(self.prefix, node), report.encode(node),
+                         retain=True)
+        return report
+
+    def _lost(self, lost: list[Lost] | Lost | None) -> None:
+        for item in lost if isinstance(lost, list) else [lost] if lost else []:
+            self._report(item.node, publish=False).frames_lost += 1
+            self._report(item.node)
+
+    def announce(self) -> None:
+        """After (re)connecting: every known node's report and discovery."""
+        known = self._known_nodes()
+        for node in known:
+            self._report(node)
+        if self.ha:
+            self.ha.announce_all(known)
 
     def on_chunk(self, node: str, payload: bytes) -> None:
         now = time.time()
@@ -245,9 +327,11 @@ class Backend:
             self.counters["bad_chunks"] += 1
             self._warn.warning(f"chunk:{node}", "node %s: dropped malformed chunk: %s", node, e)
             return
+        self._saw_frame(node, chunk.frame_id, chunk=True)
         try:
-            # Evicted frames are logged and counted by the reassembler; nothing else to do.
-            frame, _evicted = self.reassembler.add(node, chunk, now)
+            # Evicted frames are logged and counted by the reassembler; counted per node here.
+            frame, evicted = self.reassembler.add(node, chunk, now)
+            self._lost(evicted)
         except FrameRejected as e:
             log.error("%s", e)
             return
@@ -258,7 +342,9 @@ class Backend:
             self.on_frame(frame, now)
 
     def on_frame(self, frame: Frame, received_at: float) -> None:
-        if self.storage.has(frame.node, frame.frame_id):
+        # Same id and same CRC: the same frame again. A re-used id (a node that lost its
+        # flash numbers from 1 again) has another CRC and is stored as a new frame.
+        if self.storage.has(frame.node, frame.frame_id, frame.crc32):
             self.counters["duplicate_frames"] += 1
             log.info("node %s frame %d is already stored; duplicate ignored", frame.node,
                      frame.frame_id)
@@ -296,6 +382,12 @@ class Backend:
         self.counters["frames_stored"] += 1
         self._node(f.node).last_frame = f.frame_id
         self._announce(stored, f.data)
+        try:
+            count = self.storage.count(f.node)
+        except Exception:
+            count = self._report(f.node, publish=False).frames_stored + 1
+        self._report(f.node, publish=False).stored(stored, count)
+        self._report(f.node)
         return True
 
     def _storage_failed(self, item: _Pending, e: StorageError) -> None:
@@ -310,6 +402,8 @@ class Backend:
         while len(self._pending) > self.settings.max_pending_frames:
             dropped = self._pending.popleft()
             self.counters["frames_lost_storage"] += 1
+            self._report(dropped.frame.node, publish=False).frames_lost += 1
+            self._report(dropped.frame.node)
             log.error("LOST frame %d of node %s: storage unavailable and %d frames already "
                       "waiting (max_pending_frames)", dropped.frame.frame_id, dropped.frame.node,
                       self.settings.max_pending_frames)
@@ -342,8 +436,11 @@ class Backend:
             self._warn.warning(f"avail:{node}", "node %s: ignored availability %r", node,
                                value[:40])
             return
-        self._node(node).availability = value
+        view = self._node(node)
+        view.availability = value
         self._save_node(node, availability=value)
+        if value == "offline":  # power loss or crash: the flash LED is off after the reset
+            self._set_flash(node, "off")
 
     def on_state(self, node: str, payload: bytes) -> None:
         try:
@@ -356,8 +453,17 @@ class Backend:
             self.counters["bad_messages"] += 1
             self._warn.warning(f"state:{node}", "node %s: ignored state document: %s", node, e)
             return
-        self._node(node).state = doc
+        view = self._node(node)
+        previous, view.state = view.state, doc
         self._save_node(node, state=doc)
+        uptime, before = doc.get("uptime"), (previous or {}).get("uptime")
+        if isinstance(uptime, int | float) and isinstance(before, int | float) and uptime < before:
+            self._set_flash(node, "off")  # the node was reset since its last state document
+        if self.ha:
+            self.ha.node_state(node, doc)
+        frame_id = doc.get("frame")
+        if isinstance(frame_id, int) and not isinstance(frame_id, bool) and frame_id > 0:
+            self._check_gap(node, frame_id)
 
     def _save_node(self, node: str, **kw: Any) -> None:
         try:
@@ -373,19 +479,116 @@ class Backend:
             self.counters["bad_messages"] += 1
             self._warn.warning(f"ack:{node}", "node %s: ignored ack: %s", node, e)
             return
+        if ack.ok and ack.cmd == "flash" and isinstance(ack.result, dict):
+            if ack.result.get("flash") in ("on", "off"):
+                self._set_flash(node, ack.result["flash"])
+        if ack.id is not None and ack.id in self._gap_requests:
+            _, frame_id = self._gap_requests.pop(ack.id)
+            if not ack.ok:
+                self.counters["frames_lost"] += 1
+                log.warning("LOST frame %d of node %s: no chunk of it arrived and the node "
+                            "cannot resend it: %s", frame_id, node, ack.error)
+                self._report(node, publish=False).frames_lost += 1
+                self._report(node)
+            return
         if ack.id is None or ack.id not in self._resends:
             return  # someone else's command (the CLI, Home Assistant)
         _, frame_id = self._resends.pop(ack.id)
         if ack.ok:
             return
-        self.reassembler.give_up(node, frame_id, f"node cannot resend: {ack.error}")
+        self._lost(self.reassembler.give_up(node, frame_id, f"node cannot resend: {ack.error}"))
+
+    def _set_flash(self, node: str, state: str) -> None:
+        report = self._report(node, publish=False)
+        if report.flash != state:
+            report.flash = state
+            self._report(node)
+
+    # -- frames of which no chunk arrived --------------------------------------------------
+
+    def _saw_frame(self, node: str, frame_id: int, chunk: bool = False) -> None:
+        self._highest[node] = max(self._highest.get(node, frame_id), frame_id)
+        if chunk:
+            ids = self._chunk_ids.setdefault(node, deque(maxlen=RECENT_FRAME_IDS))
+            if frame_id not in ids:
+                ids.append(frame_id)
+
+    def _check_gap(self, node: str, frame_id: int) -> None:
+        """The state document names the node's last frame. If it is above every frame id seen
+        from this node since the backend started tracking it, and no chunk of it arrived, ask
+        for the whole frame, once: the node holds its last frame until the next capture."""
+        tracked = node in self._highest
+        newer = tracked and frame_id > self._highest[node]
+        self._saw_frame(node, frame_id)
+        if not newer or frame_id in self._chunk_ids.get(node, ()):
+            return
+        key = (node, frame_id)
+        if key in self._gap_asked or self.reassembler.is_done(node, frame_id):
+            return
+        self._gap_asked[key] = None
+        while len(self._gap_asked) > MAX_GAP_REQUESTS:
+            self._gap_asked.popitem(last=False)
+        cmd_id = new_command_id("resend")
+        self._gap_requests[cmd_id] = key
+        while len(self._gap_requests) > MAX_GAP_REQUESTS:
+            self._gap_requests.popitem(last=False)
+        self.counters["gap_requests"] += 1
+        log.info("node %s reports frame %d, of which no chunk arrived; asking for all of it",
+                 node, frame_id)
+        self.publish(topic(self.prefix, node, "cmd"),
+                     encode_command(build_command("resend", cmd_id, frame=frame_id)))
+
+    # -- forgetting a node -----------------------------------------------------------------
+
+    def on_forget(self, payload: bytes) -> None:
+        """`espcam forget`: {"id", "node", "delete_frames"} on <prefix>/_backend/forget."""
+        try:
+            req = json.loads(payload.decode("utf-8"))
+            if not isinstance(req, dict) or not is_node_id(req.get("node")):
+                raise ValueError("need a JSON object with a valid node id")
+        except ValueError as e:
+            self.counters["bad_messages"] += 1
+            self._warn.warning("forget", "ignored forget request: %s", e)
+            return
+        node, delete = req["node"], req.get("delete_frames") is True
+        ack: dict[str, Any] = {"id": req.get("id"), "cmd": "forget", "ok": True}
+        try:
+            deleted = self.forget(node, delete_frames=delete)
+            ack["result"] = {"node": node, "frames_deleted": deleted}
+        except Exception as e:
+            log.exception("forgetting node %s failed", node)
+            ack.update(ok=False, error=str(e))
+        self.publish(backend_topic(self.prefix, "ack"), json.dumps(ack))
+
+    def forget(self, node: str, delete_frames: bool = False) -> int:
+        """Remove the node from Home Assistant and the live state (retained availability,
+        state, image, report; the index's node row); its frames only if asked."""
+        if self.ha:
+            self.ha.forget(node)
+        else:
+            self.publish(discovery.discovery_topic(self.settings.ha_prefix, node), b"",
+                         retain=True)
+        for kind in ("availability", "state", "image"):
+            self.publish(topic(self.prefix, node, kind), b"", retain=True)
+        self.publish(discovery.report_topic(self.prefix, node), b"", retain=True)
+        for table in (self.nodes, self.reports, self._highest, self._chunk_ids):
+            table.pop(node, None)
+        deleted = self.storage.forget_node(node, delete_frames=delete_frames)
+        log.info("forgot node %s%s", node,
+                 f" and deleted its {deleted} frame(s)" if delete_frames else
+                 " (its stored frames are kept)")
+        return deleted
 
     # -- timers --------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        requests, _lost = self.reassembler.tick(now)  # lost ones are logged there
+        requests, lost = self.reassembler.tick(now)  # lost ones are logged there
+        self._lost(lost)
         for req in requests:
             self.request_resend(req)
+        if self._announce_due and self.connected.is_set():
+            self._announce_due = False
+            self.announce()
         if self._pending and now >= self._next_retry:
             while self._pending:
                 if not self._store(self._pending[0]):

@@ -61,6 +61,5 @@ def make_firmware(folder: Path, chip: str) -> Path:
 
 
 def auth_broker_config(passwd: Path) -> str:
-    # Mosquitto started as root drops to the `mosquitto` user, which cannot enter pytest's
-    # private (0700) temp folders; `user root` keeps it able to read the password file there.
-    return f"password_file {passwd}\nuser root\n"
+    """Broker(extra=...) for a Mosquitto that only lets in the users of `passwd`."""
+    return f"password_file {passwd}\n"

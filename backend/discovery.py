@@ -1,0 +1,291 @@
+"""Home Assistant MQTT discovery documents for a node, built from a table of entities.
+
+One device-based discovery document per node, on `<ha_prefix>/device/espcam_<node>/config`
+(Home Assistant's `dev` / `o` / `cmps` format, abbreviated keys). Every entity is a row of
+ENTITIES; `build` turns rows into components by their platform. Pure data and functions: no
+MQTT here (backend/homeassistant.py publishes). docs/home-assistant.md describes the result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from backend.names import check_node_id
+from backend.protocol import SETTINGS, backend_topic, topic
+
+MANUFACTURER = "Espressif"
+MODEL = "ESP32-CAM"
+ORIGIN = "espcam"
+
+# Where an entity's state comes from.
+STATE = "state"  # the node's retained state document, <prefix>/<node>/state
+REPORT = "report"  # the backend's retained per-node report, <prefix>/_backend/nodes/<node>
+IMAGE = "image"  # the backend's retained latest JPEG, <prefix>/<node>/image
+
+# Which availability an entity follows.
+NODE_AND_BACKEND = "node"  # node online or sleeping, and the backend online
+BACKEND_ONLY = "backend"  # figures the backend keeps: valid while the node is offline too
+
+# Home Assistant's abbreviations for the option names used here (its documented list).
+ABBREVIATIONS: dict[str, str] = {
+    "availability": "avty",
+    "availability_mode": "avty_mode",
+    "command_off_template": "cmd_off_tpl",
+    "command_on_template": "cmd_on_tpl",
+    "command_template": "cmd_tpl",
+    "command_topic": "cmd_t",
+    "components": "cmps",
+    "device": "dev",
+    "device_class": "dev_cla",
+    "enabled_by_default": "en",
+    "entity_category": "ent_cat",
+    "icon": "ic",
+    "max": "max",
+    "min": "min",
+    "mode": "mode",
+    "options": "ops",
+    "origin": "o",
+    "payload_available": "pl_avail",
+    "payload_not_available": "pl_not_avail",
+    "payload_off": "pl_off",
+    "payload_on": "pl_on",
+    "payload_press": "pl_prs",
+    "platform": "p",
+    "qos": "qos",
+    "state_class": "stat_cla",
+    "state_template": "stat_tpl",
+    "state_topic": "stat_t",
+    "step": "step",
+    "suggested_display_precision": "sug_dsp_prc",
+    "topic": "t",
+    "unique_id": "uniq_id",
+    "unit_of_measurement": "unit_of_meas",
+    "value_template": "val_tpl",
+}
+DEVICE_ABBREVIATIONS: dict[str, str] = {
+    "configuration_url": "cu",
+    "connections": "cns",
+    "identifiers": "ids",
+    "manufacturer": "mf",
+    "model": "mdl",
+    "name": "name",
+    "sw_version": "sw",
+}
+ORIGIN_ABBREVIATIONS: dict[str, str] = {"name": "name", "sw_version": "sw", "support_url": "url"}
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One Home Assistant entity of a node.
+
+    key: component id, and the end of the unique id (`espcam_<node>_<key>`); never change it,
+        or Home Assistant sees a new entity.
+    platform: Home Assistant platform (camera, button, light, number, select, switch, sensor).
+    name: entity name, shown after the device name; None: the device name alone.
+    source, path: where the state is read (STATE, REPORT, IMAGE) and the dotted path in it.
+    command: the protocol command a button sends; for the light, the on/off commands.
+    setting: the node setting a number, select or switch changes (`config` command); its
+        range or choices come from the protocol's settings table.
+    options: more Home Assistant options, by full name.
+    availability: NODE_AND_BACKEND or BACKEND_ONLY.
+    """
+
+    key: str
+    platform: str
+    name: str | None
+    source: str = ""
+    path: str = ""
+    command: dict[str, Any] | None = None
+    setting: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    availability: str = NODE_AND_BACKEND
+
+
+DIAGNOSTIC = {"entity_category": "diagnostic"}
+CONFIG = {"entity_category": "config"}
+
+ENTITIES: tuple[Entity, ...] = (
+    Entity("camera", "camera", None, source=IMAGE),
+    Entity("capture", "button", "Capture", command={"cmd": "capture"},
+           options={"icon": "mdi:camera-iris"}),
+    Entity("flash", "light", "Flash", source=REPORT, path="flash",
+           command={"on": {"cmd": "flash", "state": "on"},
+                    "off": {"cmd": "flash", "state": "off"}}),
+    Entity("reboot", "button", "Reboot", command={"cmd": "reboot"},
+           options={"device_class": "restart", **CONFIG}),
+    Entity("interval", "number", "Capture interval", source=STATE, setting="interval",
+           options={"unit_of_measurement": "s", "device_class": "duration", "mode": "box",
+                    **CONFIG}),
+    Entity("frame_size", "select", "Frame size", source=STATE, setting="frame_size",
+           options={"icon": "mdi:image-size-select-large", **CONFIG}),
+    Entity("quality", "number", "JPEG quality", source=STATE, setting="quality",
+           options={"unit_of_measurement": "%", "mode": "slider", "icon": "mdi:quality-high",
+                    **CONFIG}),
+    Entity("flash_on_capture", "switch", "Flash on capture", source=STATE,
+           setting="flash_on_capture", options={"icon": "mdi:flash-auto", **CONFIG}),
+    Entity("rssi", "sensor", "Wi-Fi signal", source=STATE, path="rssi",
+           options={"device_class": "signal_strength", "unit_of_measurement": "dBm",
+                    "state_class": "measurement", **DIAGNOSTIC}),
+    Entity("heap_free", "sensor", "Free heap", source=STATE, path="heap_free",
+           options={"device_class": "data_size", "unit_of_measurement": "B",
+                    "state_class": "measurement", "icon": "mdi:memory", **DIAGNOSTIC}),
+    Entity("uptime", "sensor", "Uptime", source=STATE, path="uptime",
+           options={"device_class": "duration", "unit_of_measurement": "s",
+                    "suggested_display_precision": 0, **DIAGNOSTIC}),
+    Entity("reset_cause", "sensor", "Reset cause", source=STATE, path="reset_cause",
+           options={"icon": "mdi:restart-alert", **DIAGNOSTIC}),
+    Entity("wake", "sensor", "Wake cause", source=STATE, path="wake",
+           options={"icon": "mdi:alarm", **DIAGNOSTIC}),
+    Entity("last_capture", "sensor", "Last capture", source=REPORT, path="last_capture",
+           options={"device_class": "timestamp"}, availability=BACKEND_ONLY),
+    Entity("frames_stored", "sensor", "Frames stored", source=REPORT, path="frames_stored",
+           options={"state_class": "total", "icon": "mdi:image-multiple", **DIAGNOSTIC},
+           availability=BACKEND_ONLY),
+    Entity("frames_lost", "sensor", "Frames lost", source=REPORT, path="frames_lost",
+           options={"state_class": "total_increasing", "icon": "mdi:image-broken",
+                    **DIAGNOSTIC}, availability=BACKEND_ONLY),
+)
+
+# Command ids are fixed per entity (Home Assistant cannot make fresh ones; the protocol allows
+# re-used ids), so acks to Home Assistant's commands are recognisable: `ha-<entity key>`.
+COMMAND_ID_PREFIX = "ha-"
+# What a node availability payload means to Home Assistant: a sleeping camera keeps its
+# picture and its queued commands, so it is available; only `offline` is not.
+NODE_AVAILABILITY_TEMPLATE = "{{ 'offline' if value == 'offline' else 'online' }}"
+
+
+def version() -> str:
+    try:
+        return metadata.version("espcam")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def device_id(node: str) -> str:
+    return f"espcam_{check_node_id(node)}"
+
+
+def unique_id(node: str, key: str) -> str:
+    return f"{device_id(node)}_{key}"
+
+
+def discovery_topic(ha_prefix: str, node: str) -> str:
+    return f"{ha_prefix}/device/{device_id(node)}/config"
+
+
+def report_topic(prefix: str, node: str) -> str:
+    """The backend's retained per-node report (frames stored and lost, last capture, flash)."""
+    return backend_topic(prefix, f"nodes/{check_node_id(node)}")
+
+
+def _jinja_path(path: str) -> str:
+    return "value_json." + path
+
+
+def _command(entity_key: str, doc: dict[str, Any]) -> str:
+    return json.dumps({"id": COMMAND_ID_PREFIX + entity_key, **doc}, separators=(",", ":"))
+
+
+def _setting_command_template(entity: Entity) -> str:
+    """A `config` command with the value Home Assistant fills in, typed as the node wants."""
+    kind = SETTINGS[entity.setting][0]
+    marker = "@VALUE@"
+    text = _command(entity.key, {"cmd": "config", "set": {entity.setting: marker}})
+    value = {int: "{{ value | int }}", bool: "{{ value }}", str: '"{{ value }}"'}[kind]
+    return text.replace(f'"{marker}"', value)
+
+
+def _availability(prefix: str, node: str, which: str) -> list[dict[str, str]]:
+    out = [{"topic": backend_topic(prefix, "availability"), "payload_available": "online",
+            "payload_not_available": "offline"}]
+    if which == NODE_AND_BACKEND:
+        out.append({"topic": topic(prefix, node, "availability"),
+                    "value_template": NODE_AVAILABILITY_TEMPLATE,
+                    "payload_available": "online", "payload_not_available": "offline"})
+    return out
+
+
+def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
+    """One entity's component options (full names), by its platform."""
+    c: dict[str, Any] = {"platform": entity.platform, "unique_id": unique_id(node, entity.key),
+                         "name": entity.name}
+    state_topic = {STATE: topic(prefix, node, "state") if entity.source == STATE else "",
+                   REPORT: report_topic(prefix, node), IMAGE: topic(prefix, node, "image")}
+    cmd_topic = topic(prefix, node, "cmd")
+    if entity.platform == "camera":
+        c["topic"] = state_topic[IMAGE]  # raw JPEG bytes: no image_encoding
+    elif entity.platform == "button":
+        assert entity.command is not None
+        c.update(command_topic=cmd_topic, payload_press=_command(entity.key, entity.command),
+                 qos=1)
+    elif entity.platform == "light":
+        # Template schema: on/off payloads are whole commands, the state an "on"/"off" field.
+        assert entity.command is not None
+        c.update(schema="template", command_topic=cmd_topic, qos=1,
+                 command_on_template=_command(entity.key, entity.command["on"]),
+                 command_off_template=_command(entity.key, entity.command["off"]),
+                 state_topic=state_topic[entity.source],
+                 state_template="{{ " + _jinja_path(entity.path) + " }}")
+    elif entity.platform in ("number", "select", "switch"):
+        spec = SETTINGS[entity.setting]
+        value = _jinja_path("settings." + entity.setting)
+        c.update(command_topic=cmd_topic, qos=1, state_topic=state_topic[STATE],
+                 command_template=_setting_command_template(entity))
+        if entity.platform == "number":
+            c.update(min=spec[1], max=spec[2], step=1, value_template="{{ " + value + " }}")
+        elif entity.platform == "select":
+            c.update(options=list(spec[1]), value_template="{{ " + value + " }}")
+        else:
+            c.update(payload_on="true", payload_off="false",
+                     value_template="{{ 'true' if " + value + " else 'false' }}")
+    elif entity.platform == "sensor":
+        c.update(state_topic=state_topic[entity.source],
+                 value_template="{{ " + _jinja_path(entity.path) + " }}")
+    else:
+        raise ValueError(f"entity {entity.key}: no builder for platform {entity.platform!r}")
+    c.update(entity.options)
+    if entity.availability != NODE_AND_BACKEND:
+        c["availability"] = _availability(prefix, node, entity.availability)
+    return c
+
+
+def _abbreviate(doc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in doc.items()}
+
+
+def build(prefix: str, node: str, state: dict[str, Any] | None = None,
+          entities: tuple[Entity, ...] = ENTITIES) -> dict[str, Any]:
+    """The device discovery document of `node`, abbreviated as Home Assistant documents it.
+    `state` is the node's state document, for the MAC and software version (None: unknown)."""
+    state = state or {}
+    device: dict[str, Any] = {"identifiers": [device_id(node)], "name": node,
+                              "manufacturer": MANUFACTURER, "model": MODEL}
+    mac = state.get("mac")
+    if isinstance(mac, str) and mac:
+        device["connections"] = [["mac", mac.lower()]]
+    app, fw = state.get("app"), state.get("fw")
+    if isinstance(app, str) and app:
+        device["sw_version"] = app + (f" (MicroPython {fw})" if isinstance(fw, str) else "")
+    components = {}
+    for e in entities:
+        c = component(e, prefix, node)
+        if "availability" in c:
+            c["availability"] = [_abbreviate(a, ABBREVIATIONS) for a in c["availability"]]
+        components[e.key] = _abbreviate(c, ABBREVIATIONS)
+    doc = {
+        "device": _abbreviate(device, DEVICE_ABBREVIATIONS),
+        "origin": _abbreviate({"name": ORIGIN, "sw_version": version()}, ORIGIN_ABBREVIATIONS),
+        "availability": [_abbreviate(a, ABBREVIATIONS)
+                         for a in _availability(prefix, node, NODE_AND_BACKEND)],
+        "availability_mode": "all",
+        "qos": 1,
+        "components": components,
+    }
+    return _abbreviate(doc, ABBREVIATIONS)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,68 @@
+"""When the backend publishes Home Assistant discovery, and removes it.
+
+Discovery (backend/discovery.py builds it) is published retained, QoS 1:
+- for every known node when the backend connects;
+- for all of them again when Home Assistant announces itself on `<ha_prefix>/status` (`online`);
+- when a node first appears, and when its state changes what the document says (MAC, software
+  version) or its settings change;
+- empty, retained, when a node is forgotten: Home Assistant then removes the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from backend import discovery
+
+log = logging.getLogger("espcam.homeassistant")
+
+Publish = Callable[[str, bytes | str, bool], None]  # topic, payload, retain
+
+
+class HomeAssistant:
+    def __init__(self, prefix: str, ha_prefix: str, publish: Publish) -> None:
+        self.prefix, self.ha_prefix = prefix, ha_prefix
+        self._publish = publish
+        self._published: dict[str, bytes] = {}  # node -> discovery document last published
+        self._settings: dict[str, Any] = {}  # node -> settings in its last state document
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.ha_prefix}/status"
+
+    def announce(self, node: str, state: dict[str, Any] | None, force: bool = False) -> bool:
+        """Publish the node's discovery if it is new or changed (or `force`); True if sent."""
+        doc = discovery.encode(discovery.build(self.prefix, node, state))
+        if not force and self._published.get(node) == doc:
+            return False
+        self._publish(discovery.discovery_topic(self.ha_prefix, node), doc, True)
+        self._published[node] = doc
+        log.info("Home Assistant discovery published for node %s", node)
+        return True
+
+    def announce_all(self, nodes: dict[str, dict[str, Any] | None]) -> None:
+        for node, state in sorted(nodes.items()):
+            self.announce(node, state, force=True)
+
+    def node_state(self, node: str, state: dict[str, Any]) -> None:
+        """A node's state document arrived: first sight, new MAC or version, new settings."""
+        settings = state.get("settings")
+        changed = node in self._settings and self._settings[node] != settings
+        self._settings[node] = settings
+        self.announce(node, state, force=changed)
+
+    def node_seen(self, node: str, state: dict[str, Any] | None) -> None:
+        if node not in self._published:
+            self.announce(node, state)
+
+    def on_status(self, payload: bytes, nodes: dict[str, dict[str, Any] | None]) -> None:
+        if payload.strip().lower() == b"online":
+            log.info("Home Assistant is online; publishing discovery for %d node(s)", len(nodes))
+            self.announce_all(nodes)
+
+    def forget(self, node: str) -> None:
+        self._publish(discovery.discovery_topic(self.ha_prefix, node), b"", True)
+        self._published.pop(node, None)
+        self._settings.pop(node, None)

@@ -1,0 +1,250 @@
+"""Shared pieces of the benchmarks: the test broker, process figures from /proc, JPEG pools,
+the protocol's chunk encoder, a minimal MQTT publisher over a raw socket, and table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from broker import Broker  # noqa: E402  (tests/broker.py: a real Mosquitto on a free port)
+
+__all__ = ["Broker", "ROOT"]
+
+VENV_BIN = ROOT / ".venv" / "bin"
+HEADER = ">2sBBIIIIHHHH"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- the machine and processes
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "model": model, "mem_mb": mem,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def mem_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB: current and peak resident set."""
+    rss = hwm = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+class Sampler:
+    """Samples CPU seconds and RSS of some processes every `every` seconds in a thread."""
+
+    def __init__(self, pids: dict[str, int], every: float = 1.0) -> None:
+        self.pids, self.every = pids, every
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            row: dict[str, Any] = {"t": round(time.monotonic() - t0, 2)}
+            for name, pid in self.pids.items():
+                row[name + "_cpu"] = cpu_seconds(pid)
+                row[name + "_rss_kb"] = mem_kb(pid)[0]
+            self.samples.append(row)
+            self._stop.wait(self.every)
+
+    def start(self) -> Sampler:
+        self._t.start()
+        return self
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._t.join()
+        return self.samples
+
+
+# ---------------------------------------------------------------- frames and chunks
+
+
+def jpeg_pool(folder: Path, count: int, lo: int = 30_000, hi: int = 60_000) -> list[bytes]:
+    """`count` distinct VGA JPEGs of lo … hi bytes, made with Pillow once and cached."""
+    from sim.images import jpeg_of_size
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        p = folder / f"vga-{count}-{i:03d}.jpg"
+        if not p.exists():
+            target = lo + (hi - lo) * i // max(1, count - 1)
+            p.write_bytes(jpeg_of_size(target, seed=i, text=f"bench {i}"))
+        out.append(p.read_bytes())
+    return out
+
+
+def encode_chunks(frame: bytes, frame_id: int, chunk_size: int, meta: bytes = b"",
+                  crc: int | None = None, flags: int = 0) -> list[bytes]:
+    """Chunk payloads exactly as docs/protocol.md says (header, metadata on chunk 0, data)."""
+    count = (len(frame) + chunk_size - 1) // chunk_size
+    if crc is None:
+        crc = zlib.crc32(frame) & 0xFFFFFFFF
+    out = []
+    for i in range(count):
+        m = meta if i == 0 else b""
+        f = flags | (1 if m else 0)
+        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i,
+                          count, len(m), 0)
+        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
+    return out
+
+
+def meta_for(trigger: str = "interval") -> bytes:
+    return json.dumps({"t": time.time(), "up": 1234, "trigger": trigger, "fs": "VGA", "q": 80,
+                       "wake": "none"}).encode()
+
+
+def _remaining(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish_packet(topic: bytes, payload: bytes, qos: int, pid: int = 0) -> bytes:
+    var = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", pid) if qos else b"")
+    return bytes([0x30 | qos << 1]) + _remaining(len(var) + len(payload)) + var + payload
+
+
+def mqtt_overhead(topic_len: int, payload_len: int, qos: int) -> int:
+    """Bytes of an MQTT 3.1.1 PUBLISH packet around its payload."""
+    var = 2 + topic_len + (2 if qos else 0)
+    return 1 + len(_remaining(var + payload_len)) + var
+
+
+class RawPublisher:
+    """A node's MQTT connection reduced to what a load generator needs: CONNECT, then whole
+    pre-encoded PUBLISH packets written with one sendall per frame; a thread counts PUBACKs.
+    Costs far less CPU than a paho client, so the generator does not starve what it measures."""
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cid = client_id.encode()
+        var = b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack(">H", len(cid)) + cid
+        self.sock.sendall(b"\x10" + _remaining(len(var)) + var)
+        ack = self._read(4)
+        if ack[0] != 0x20 or ack[3] != 0:
+            raise ConnectionError(f"CONNACK {ack!r}")
+        self.pid = 0
+        self.acked = 0
+        self._cond = threading.Condition()
+        self._t = threading.Thread(target=self._reader, daemon=True)
+        self._t.start()
+
+    def _read(self, n: int) -> bytes:
+        b = b""
+        while len(b) < n:
+            got = self.sock.recv(n - len(b))
+            if not got:
+                raise ConnectionError("closed")
+            b += got
+        return b
+
+    def _reader(self) -> None:
+        try:
+            while True:
+                hdr = self._read(2)  # PUBACK (4 bytes) or PINGRESP (2)
+                if hdr[0] == 0x40:
+                    self._read(2)
+                    with self._cond:
+                        self.acked += 1
+                        self._cond.notify_all()
+        except (OSError, ConnectionError):
+            return
+
+    def next_pid(self) -> int:
+        self.pid = self.pid % 65535 + 1
+        return self.pid
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def wait_acks(self, n: int, timeout: float = 60) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.acked >= n, timeout)
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\xe0\x00")
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def frame_packets(topic: bytes, chunks: list[bytes], pid: int) -> bytes:
+    """All chunks of one frame as PUBLISH packets: QoS 0, the last at QoS 1 (protocol.md)."""
+    last = len(chunks) - 1
+    return b"".join(publish_packet(topic, c, 1 if i == last else 0, pid)
+                    for i, c in enumerate(chunks))
+
+
+# ---------------------------------------------------------------- output
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))
+    return v[k]
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (prints well in a terminal too)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (x + 2) for x in w) + "|"]
+                     + [fmt(r) for r in cells[1:]])

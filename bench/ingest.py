@@ -1,0 +1,287 @@
+"""Bench item 3: backend ingest through a real Mosquitto, against a bare counting subscriber.
+
+Many raw MQTT connections (bench.common.RawPublisher) publish pre-chunked VGA JPEGs; `espcam
+serve` reassembles, verifies (CRC, full Pillow decode), stores (fsync, rename, SQLite) and
+announces each frame; bench/counter.py, subscribed to the same frame topic on the same broker,
+only counts bytes. Phase A: a burst, as fast as the generator can, for throughput. Phase B: a
+paced stream well under capacity, for latency from the last chunk published to the frame's
+`event` (published by the backend after the file, its directory and the index are durable).
+Phase C (optional): phase A again with py-spy sampling the backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.common import (
+    ROOT,
+    VENV_BIN,
+    Broker,
+    RawPublisher,
+    cpu_seconds,
+    encode_chunks,
+    frame_packets,
+    jpeg_pool,
+    mem_kb,
+    meta_for,
+    pct,
+    table,
+)
+
+CHUNK = 4096
+CACHE = Path(tempfile.gettempdir()) / "espcam-bench-jpegs"
+
+
+class EventWatcher:
+    """Records when each (node, frame) event arrives, and the backend's availability."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.arrived: dict[tuple[str, int], float] = {}
+        self.online = threading.Event()
+        self._cond = threading.Condition()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=f"bench-events-{time.time_ns()}")
+        self.c.on_message = self._on_message
+        self.c.connect(host, port, 60)
+        self.c.subscribe([("espcam/+/event", 1), ("espcam/_backend/availability", 1)])
+        self.c.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        if msg.topic.endswith("/availability"):
+            if msg.payload == b"online":
+                self.online.set()
+            return
+        ev = json.loads(msg.payload)
+        with self._cond:
+            self.arrived[(ev["node"], ev["frame"])] = now
+            self._cond.notify_all()
+
+    def wait(self, keys: list[tuple[str, int]], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: all(k in self.arrived for k in keys), timeout)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+class Load:
+    """The connections and the frame ids of the load generator."""
+
+    def __init__(self, host: str, port: int, conns: int, pool: list[bytes]) -> None:
+        self.nodes = [f"load-{i:03d}" for i in range(conns)]
+        self.pubs = [RawPublisher(host, port, n) for n in self.nodes]
+        self.next_id = [1] * conns
+        self.pool = pool
+        self.k = 0
+        self.sent_acks = [0] * conns
+
+    def one(self) -> tuple[tuple[str, int], float, int]:
+        """Publish the next frame on the next connection; (key, time last chunk sent, chunks)."""
+        i = self.k % len(self.pubs)
+        jpeg = self.pool[self.k % len(self.pool)]
+        self.k += 1
+        fid = self.next_id[i]
+        self.next_id[i] += 1
+        chunks = encode_chunks(jpeg, fid, CHUNK, meta_for())
+        pub = self.pubs[i]
+        data = frame_packets(f"espcam/{self.nodes[i]}/frame".encode(), chunks, pub.next_pid())
+        pub.send(data)
+        self.sent_acks[i] += 1
+        return (self.nodes[i], fid), time.time(), len(chunks)
+
+    def chunks_of(self, n: int) -> int:
+        return sum(math.ceil(len(self.pool[(self.k + j) % len(self.pool)]) / CHUNK)
+                   for j in range(n))
+
+    def close(self) -> None:
+        for i, p in enumerate(self.pubs):
+            p.wait_acks(self.sent_acks[i], 10)
+            p.close()
+
+
+def burst(load: Load, watcher: EventWatcher, host: str, port: int, frames: int,
+          pids: dict[str, int], profile_to: Path | None = None) -> dict[str, Any]:
+    want = load.chunks_of(frames)
+    counter = subprocess.Popen([sys.executable, "-m", "bench.counter", host, str(port),
+                                str(want)], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert counter.stdout.readline().strip() == "ready"
+    spy = None
+    if profile_to is not None:
+        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid",
+                                str(pids["backend"]), "--format", "raw", "--rate", "200",
+                                "--nonblocking", "-o", str(profile_to)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    cpu0["counter"] = cpu_seconds(counter.pid)
+    keys, nbytes = [], 0
+    t0 = time.time()
+    for _ in range(frames):
+        key, _, _ = load.one()
+        keys.append(key)
+        nbytes += len(load.pool[(load.k - 1) % len(load.pool)])
+    t_gen = time.time()
+    ok = watcher.wait(keys, 600)
+    t_end = max(watcher.arrived.get(k, time.time()) for k in keys)
+    cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+    cpu["counter"] = cpu_seconds(counter.pid) - cpu0["counter"]
+    out, _ = counter.communicate(timeout=120)
+    c = json.loads(out.strip().splitlines()[-1])
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        spy.wait(60)
+    stored = sum(1 for k in keys if k in watcher.arrived)
+    wall_b = t_end - t0
+    wall_c = c["last"] - t0
+    return {
+        "frames": frames, "jpeg_bytes": nbytes, "stored": stored, "complete": ok,
+        "gen_s": t_gen - t0, "backend_s": wall_b, "counter_s": wall_c,
+        "counter_msgs": c["n"], "counter_bytes": c["bytes"], "want_msgs": want,
+        "backend_fps": stored / wall_b, "backend_mbs": nbytes / wall_b / 1e6,
+        "counter_fps": frames / wall_c if c["n"] >= want else float("nan"),
+        "counter_mbs": nbytes / wall_c / 1e6,
+        "ratio": wall_c / wall_b,
+        "cpu_cores": {k: v / wall_b for k, v in cpu.items()},
+    }
+
+
+def paced(load: Load, watcher: EventWatcher, rate: float, seconds: float,
+          pids: dict[str, int]) -> dict[str, Any]:
+    sent: dict[tuple[str, int], float] = {}
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    n = int(rate * seconds)
+    for j in range(n):
+        delay = t0 + j / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        key, t, _ = load.one()
+        sent[key] = t
+    watcher.wait(list(sent), 120)
+    wall = time.monotonic() - t0
+    lat = [(watcher.arrived[k] - t) * 1000 for k, t in sent.items() if k in watcher.arrived]
+    return {"rate": rate, "frames": n, "stored": len(lat), "p50_ms": pct(lat, 50),
+            "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": max(lat, default=0),
+            "cpu_cores": {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}}
+
+
+def summarize_profile(path: Path, top: int = 18) -> dict[str, Any]:
+    """py-spy raw output (folded stacks with counts) → inclusive and self shares per function."""
+    incl: collections.Counter[str] = collections.Counter()
+    selfc: collections.Counter[str] = collections.Counter()
+    total = 0
+    threads: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        threads[frames[0]] += n
+        # only the backend's work loop, not paho's network thread or idle waits
+        if not any("run (backend/subscriber.py" in f for f in frames):
+            continue
+        total += n
+        seen = set()
+        for f in frames:
+            name = f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")" \
+                if " (" in f else f
+            if name not in seen:
+                incl[name] += n
+                seen.add(name)
+        last = frames[-1]
+        selfc[last.split(" (")[0] + " (" + last.split(" (")[-1].split(":")[0] + ")"
+              if " (" in last else last] += n
+    return {"samples": total, "inclusive": incl.most_common(top), "self": selfc.most_common(top),
+            "threads": threads.most_common(6)}
+
+
+def run(quick: bool, profile: bool = True) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="espcam-bench-ingest-"))
+    broker = Broker(work / "broker").start()
+    pool = jpeg_pool(CACHE, 16)
+    serve = subprocess.Popen([str(VENV_BIN / "espcam"), "serve", "--broker", broker.url,
+                              "--data-dir", str(work / "data")],
+                             stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
+    watcher = EventWatcher(broker.host, broker.port)
+    load = None
+    try:
+        if not watcher.online.wait(20):
+            raise RuntimeError("espcam serve did not come online: "
+                               + (work / "serve.log").read_text()[-2000:])
+        pids = {"backend": serve.pid, "broker": broker.proc.pid}
+        conns = 20 if quick else 50
+        load = Load(broker.host, broker.port, conns, pool)
+        frames = 600 if quick else 2000
+        burst(load, watcher, broker.host, broker.port, 40, pids)  # warm-up
+        a = burst(load, watcher, broker.host, broker.port, frames, pids)
+        a["peak_rss_mb"] = mem_kb(serve.pid)[1] / 1024
+        rate = round(min(25.0, a["backend_fps"] * 0.5), 1)
+        b = paced(load, watcher, rate, 10 if quick else 30, pids)
+        prof = None
+        if profile:
+            ptxt = work / "profile.txt"
+            burst(load, watcher, broker.host, broker.port, frames, pids, ptxt)
+            if ptxt.exists():
+                prof = summarize_profile(ptxt)
+                prof["file"] = str(ptxt)
+        b["peak_rss_mb"] = mem_kb(serve.pid)[1] / 1024
+    finally:
+        if load is not None:
+            load.close()
+        watcher.close()
+        serve.terminate()
+        try:
+            serve.wait(20)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        broker.stop()
+    sizes = sorted(len(p) for p in pool)
+    text = (f"{conns} publisher connections, {len(pool)} VGA JPEGs of {sizes[0] // 1000} … "
+            f"{sizes[-1] // 1000} KB, chunk size {CHUNK}.\n\n"
+            + table(["consumer", "frames", "wall s", "frames/s", "MB/s (JPEG)", "CPU cores"], [
+                ["limit: bare paho counter", a["frames"], f"{a['counter_s']:.2f}",
+                 f"{a['counter_fps']:.1f}", f"{a['counter_mbs']:.2f}",
+                 f"{a['cpu_cores']['counter']:.2f}"],
+                ["espcam serve (stored + indexed)", a["stored"], f"{a['backend_s']:.2f}",
+                 f"{a['backend_fps']:.1f}", f"{a['backend_mbs']:.2f}",
+                 f"{a['cpu_cores']['backend']:.2f}"],
+            ])
+            + f"\n\nratio backend/limit: **{a['ratio']:.2f}** (target >= 0.8); generator "
+            f"finished publishing in {a['gen_s']:.2f} s; broker CPU "
+            f"{a['cpu_cores']['broker']:.2f} cores; backend peak RSS "
+            f"{a['peak_rss_mb']:.0f} MB.\n\n"
+            f"Latency at a paced {b['rate']} frames/s for {b['frames']} frames (last chunk "
+            f"published → `event` received, i.e. after fsync of file and directory and the "
+            f"index commit): p50 {b['p50_ms']:.1f} ms, p90 {b['p90_ms']:.1f} ms, p99 "
+            f"{b['p99_ms']:.1f} ms, max {b['max_ms']:.1f} ms; {b['stored']}/{b['frames']} "
+            f"stored; backend CPU {b['cpu_cores']['backend']:.2f} cores, broker "
+            f"{b['cpu_cores']['broker']:.2f}.")
+    if prof:
+        tot = prof["samples"] or 1
+        text += ("\n\nProfile of the backend's work loop during a burst (py-spy, "
+                 f"{prof['samples']} samples in `Backend.run`):\n\n"
+                 + table(["function (inclusive)", "share"],
+                         [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["inclusive"]])
+                 + "\n\n" + table(["function (self)", "share"],
+                                  [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["self"]]))
+    return {"text": text, "burst": a, "paced": b, "profile": prof, "workdir": str(work)}
+
+
+if __name__ == "__main__":
+    print(run("--quick" in sys.argv)["text"])
