@@ -202,9 +202,15 @@ class Node:
     def sleep(self, seconds):
         now = hw.unix_time()
         self.sleep_until = now + seconds if now else None
-        self.publish_state()
-        self.link.publish("availability", b"sleeping", retain=True, qos=1)
-        self.link.close(goodbye=True)
+        if self.link.up:
+            try:
+                self.publish_state()
+                self.link.publish("availability", b"sleeping", retain=True, qos=1)
+                self.link.close(goodbye=True)
+            except Exception as e:
+                # Sleep all the same: a duty-cycle node must not drain its battery retrying.
+                log("could not say goodbye:", repr(e))
+                self.link.close()
         self._rtc_write()
         log("deep sleep for", seconds, "s")
         hw.deepsleep(seconds * 1000, self.cfg["pir_pin"])
