@@ -48,6 +48,7 @@ class CommandClient:
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.availability: str | None = None
         self.state: dict[str, Any] | None = None
+        self.events: list[bytes] = []
         self._connected = threading.Event()
         self._refused: str | None = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -102,7 +103,11 @@ class CommandClient:
                 t, payload = self.inbox.get(timeout=left)
             except queue.Empty:
                 return None
-            if t == self.t("availability"):
+            if t == self.t("event"):
+                # Kept: the node publishes a frame before acking the capture, so the backend's
+                # event for it often arrives before the ack we are waiting for.
+                self.events.append(payload)
+            elif t == self.t("availability"):
                 self.availability = payload.decode("utf-8", "replace")
             elif t == self.t("state"):
                 try:
@@ -155,7 +160,9 @@ class CommandClient:
                 except (ValueError, AttributeError):
                     return False
 
-            got = self._wait_for(is_event, time.monotonic() + self.s.command_timeout)
+            early = [p for p in self.events if is_event(self.t("event"), p)]
+            got = (self.t("event"), early[0]) if early else self._wait_for(
+                is_event, time.monotonic() + self.s.command_timeout)
             if got is None:
                 return Result(Outcome.NO_ANSWER, f"node {self.node} captured frame {frame}, but "
                               f"it was not stored within {self.s.command_timeout:g}s (is "

@@ -462,7 +462,7 @@ class Backend:
         if self.ha:
             self.ha.node_state(node, doc)
         frame_id = doc.get("frame")
-        if isinstance(frame_id, int) and not isinstance(frame_id, bool) and frame_id > 0:
+        if isinstance(frame_id, int) and not isinstance(frame_id, bool) and frame_id >= 0:
             self._check_gap(node, frame_id)
 
     def _save_node(self, node: str, **kw: Any) -> None:

@@ -211,46 +211,80 @@ def summarize_profile(path: Path, top: int = 18) -> dict[str, Any]:
             "threads": threads.most_common(6)}
 
 
-def run(quick: bool, profile: bool = True) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="espcam-bench-ingest-"))
-    broker = Broker(work / "broker").start()
-    pool = jpeg_pool(CACHE, 16)
-    serve = subprocess.Popen([str(VENV_BIN / "espcam"), "serve", "--broker", broker.url,
-                              "--data-dir", str(work / "data")],
-                             stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
-    watcher = EventWatcher(broker.host, broker.port)
-    load = None
-    try:
-        if not watcher.online.wait(20):
+class Session:
+    """A broker, `espcam serve` on it and an event watcher, in a fresh folder."""
+
+    def __init__(self, broker_extra: str = "", nodelay: bool = False) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="espcam-bench-ingest-"))
+        self.broker = Broker(self.work / "broker", extra=broker_extra).start()
+        if nodelay:
+            cmd = [sys.executable, "-m", "bench.serve_nodelay"]
+        else:
+            cmd = [str(VENV_BIN / "espcam")]
+        self.serve = subprocess.Popen(cmd + ["serve", "--broker", self.broker.url,
+                                             "--data-dir", str(self.work / "data")],
+                                      cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=open(self.work / "serve.log", "wb"))
+        self.watcher = EventWatcher(self.broker.host, self.broker.port)
+        self.load: Load | None = None
+        if not self.watcher.online.wait(20):
+            self.close()
             raise RuntimeError("espcam serve did not come online: "
-                               + (work / "serve.log").read_text()[-2000:])
-        pids = {"backend": serve.pid, "broker": broker.proc.pid}
-        conns = 20 if quick else 50
-        load = Load(broker.host, broker.port, conns, pool)
-        frames = 600 if quick else 2000
-        burst(load, watcher, broker.host, broker.port, 40, pids)  # warm-up
-        a = burst(load, watcher, broker.host, broker.port, frames, pids)
-        a["peak_rss_mb"] = mem_kb(serve.pid)[1] / 1024
+                               + (self.work / "serve.log").read_text()[-2000:])
+        self.pids = {"backend": self.serve.pid, "broker": self.broker.proc.pid}
+
+    def make_load(self, conns: int, pool: list[bytes]) -> Load:
+        self.load = Load(self.broker.host, self.broker.port, conns, pool)
+        return self.load
+
+    def close(self) -> None:
+        if self.load is not None:
+            self.load.close()
+        self.watcher.close()
+        self.serve.terminate()
+        try:
+            self.serve.wait(20)
+        except subprocess.TimeoutExpired:
+            self.serve.kill()
+        self.broker.stop()
+
+
+def run(quick: bool, profile: bool = True) -> dict[str, Any]:
+    pool = jpeg_pool(CACHE, 16)
+    conns = 20 if quick else 50
+    frames = 600 if quick else 2000
+    paced_s = 10 if quick else 30
+    s = Session()
+    try:
+        load = s.make_load(conns, pool)
+        host, port = s.broker.host, s.broker.port
+        burst(load, s.watcher, host, port, 40, s.pids)  # warm-up
+        a = burst(load, s.watcher, host, port, frames, s.pids)
+        a["peak_rss_mb"] = mem_kb(s.serve.pid)[1] / 1024
         rate = round(min(25.0, a["backend_fps"] * 0.5), 1)
-        b = paced(load, watcher, rate, 10 if quick else 30, pids)
+        b = paced(load, s.watcher, rate, paced_s, s.pids)
         prof = None
         if profile:
-            ptxt = work / "profile.txt"
-            burst(load, watcher, broker.host, broker.port, frames, pids, ptxt)
+            ptxt = s.work / "profile.txt"
+            burst(load, s.watcher, host, port, frames, s.pids, ptxt)
             if ptxt.exists():
                 prof = summarize_profile(ptxt)
                 prof["file"] = str(ptxt)
-        b["peak_rss_mb"] = mem_kb(serve.pid)[1] / 1024
+        b["peak_rss_mb"] = mem_kb(s.serve.pid)[1] / 1024
+        work = s.work
     finally:
-        if load is not None:
-            load.close()
-        watcher.close()
-        serve.terminate()
+        s.close()
+    # Latency with Nagle's algorithm off on the broker's sockets, then also on the backend's.
+    variants = {}
+    for name, extra, nd in (("broker set_tcp_nodelay", "set_tcp_nodelay true\n", False),
+                            ("broker + backend TCP_NODELAY", "set_tcp_nodelay true\n", True)):
+        v = Session(extra, nd)
         try:
-            serve.wait(20)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        broker.stop()
+            vl = v.make_load(conns, pool)
+            burst(vl, v.watcher, v.broker.host, v.broker.port, 40, v.pids)
+            variants[name] = paced(vl, v.watcher, rate, paced_s, v.pids)
+        finally:
+            v.close()
     sizes = sorted(len(p) for p in pool)
     text = (f"{conns} publisher connections, {len(pool)} VGA JPEGs of {sizes[0] // 1000} … "
             f"{sizes[-1] // 1000} KB, chunk size {CHUNK}.\n\n"
@@ -271,7 +305,12 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
             f"index commit): p50 {b['p50_ms']:.1f} ms, p90 {b['p90_ms']:.1f} ms, p99 "
             f"{b['p99_ms']:.1f} ms, max {b['max_ms']:.1f} ms; {b['stored']}/{b['frames']} "
             f"stored; backend CPU {b['cpu_cores']['backend']:.2f} cores, broker "
-            f"{b['cpu_cores']['broker']:.2f}.")
+            f"{b['cpu_cores']['broker']:.2f}.\n\n"
+            + table(["latency at the same paced rate", "p50 ms", "p90 ms", "p99 ms", "stored"],
+                    [["as shipped", f"{b['p50_ms']:.1f}", f"{b['p90_ms']:.1f}",
+                      f"{b['p99_ms']:.1f}", f"{b['stored']}/{b['frames']}"]]
+                    + [[k, f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}", f"{v['p99_ms']:.1f}",
+                        f"{v['stored']}/{v['frames']}"] for k, v in variants.items()]))
     if prof:
         tot = prof["samples"] or 1
         text += ("\n\nProfile of the backend's work loop during a burst (py-spy, "
@@ -280,7 +319,8 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
                          [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["inclusive"]])
                  + "\n\n" + table(["function (self)", "share"],
                                   [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["self"]]))
-    return {"text": text, "burst": a, "paced": b, "profile": prof, "workdir": str(work)}
+    return {"text": text, "burst": a, "paced": b, "variants": variants, "profile": prof,
+            "workdir": str(work)}
 
 
 if __name__ == "__main__":

@@ -71,9 +71,9 @@ def test_shipped_broker_config_starts_mosquitto(tmp_path):
     (tmp_path / "acl").write_text("user u\ntopic readwrite #\n")
     port = free_port()
     conf = ((DEPLOY / "mosquitto.conf").read_text()
-            .replace("/var/lib/mosquitto/", f"{tmp_path}/")
-            .replace("/etc/mosquitto/espcam.passwd", str(tmp_path / "passwd"))
-            .replace("/etc/mosquitto/espcam.acl", str(tmp_path / "acl"))
+            .replace("/mosquitto/data/", f"{tmp_path}/")
+            .replace("/mosquitto/config/passwd", str(tmp_path / "passwd"))
+            .replace("/mosquitto/config/espcam.acl", str(tmp_path / "acl"))
             .replace("listener 1883", f"listener {port} 127.0.0.1"))
     # As root Mosquitto would switch to user mosquitto, who cannot read pytest's temp dir.
     (tmp_path / "m.conf").write_text(conf + ("\nuser root\n" if os.geteuid() == 0 else ""))

@@ -42,14 +42,19 @@ def cli(broker, serve):
 
 
 def test_capture_wait_frame_prints_the_stored_file_of_the_captured_frame(broker, observer,
-                                                                        serve, cli, make_node):
+                                                                        serve, cli, make_node,
+                                                                        tmp_path):
     # The real node publishes the frame first and acks the capture after it (node/lib/espcam/
     # app.py, cmd_capture), so the backend's `event` for the frame can reach the CLI before the
-    # node's ack does; the CLI must still report the stored frame. Several rounds, so that the
-    # order event-before-ack, which depends on timing, is met (the first one usually is).
-    node = make_node("cam-cli")
+    # node's ack does; the CLI must still report the stored frame. The order depends on timing;
+    # small (QQVGA, one chunk) frames and a dozen rounds make it all but certain to occur.
+    from sim.images import make_pool
+
+    make_pool(tmp_path / "qqvga", "cam-cli", count=8, frame_size="QQVGA")
+    node = make_node("cam-cli", images_dir=tmp_path / "qqvga", config={"frame_size": "QQVGA"})
     observer.topic("espcam/cam-cli/availability", 30, payload=b"online")
-    for fid in (1, 2, 3, 4, 5):
+    rounds = 12
+    for fid in range(1, rounds + 1):
         r = cli("capture", "cam-cli", "--wait-frame")
         assert r.returncode == OK, r.stdout + r.stderr
         assert r.stdout.startswith(f"done: frame {fid} stored at "), r.stdout
@@ -58,7 +63,7 @@ def test_capture_wait_frame_prints_the_stored_file_of_the_captured_frame(broker,
         assert len(node.captures()) == fid
         assert path.read_bytes() == node.captures()[-1].read_bytes()
     listed = frames_cli(broker, serve.data_dir, "cam-cli")
-    assert [f["frame_id"] for f in listed] == [1, 2, 3, 4, 5]
+    assert [f["frame_id"] for f in listed] == list(range(1, rounds + 1))
     assert Path(listed[-1]["file"]) == path and listed[-1]["trigger"] == "command"
 
 

@@ -1,0 +1,24 @@
+# The espcam backend: `espcam serve` on a slim Python, as a non-root user, data in /data.
+# docker-compose.yml builds and runs it; configuration comes from ESPCAM_* variables.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY backend ./backend
+COPY sim ./sim
+COPY provision ./provision
+RUN pip install . \
+    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home espcam \
+    && mkdir -p /data \
+    && chown espcam:espcam /data
+ENV ESPCAM_DATA_DIR=/data
+
+USER espcam
+VOLUME ["/data"]
+HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 CMD ["espcam", "health"]
+CMD ["espcam", "serve"]

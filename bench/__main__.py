@@ -1,0 +1,71 @@
+"""Run the espcam benchmarks (issue 6) and print their tables.
+
+    .venv/bin/python -m bench                 everything, full scale (item 4: 200 nodes, 10 min)
+    .venv/bin/python -m bench --quick         shorter runs (item 4: 50 nodes, 60 s)
+    .venv/bin/python -m bench --only 1,3,5    some items only
+    options: --no-profile, --scale-nodes N, --scale-seconds S, --out FILE (Markdown + JSON)
+
+Items: 1 node publish path (MicroPython), 2 node duty cycle (simulator), 3 backend ingest
+(+ profile, + per-stage timings), 4 scale, 5 wire efficiency. Every ratio compares figures
+measured side by side in the same run; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ROOT, machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs (item 4: 50 nodes, 60 s)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated items to run")
+    ap.add_argument("--no-profile", action="store_true", help="skip py-spy in item 3")
+    ap.add_argument("--scale-nodes", type=int, default=None)
+    ap.add_argument("--scale-seconds", type=float, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the report here (.md) and the raw figures next to it (.json)")
+    a = ap.parse_args(argv)
+    only = {int(x) for x in a.only.split(",") if x.strip()}
+    mode = "quick" if a.quick else "full"
+    m = machine()
+    head = (f"espcam benchmarks, mode {mode}, {time.strftime('%Y-%m-%d %H:%M')}; machine: "
+            f"{m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Python {m['python']}, "
+            f"Linux {m['kernel']}")
+    print(head, flush=True)
+    out_md = [f"_{head}_"]
+    raw: dict = {"machine": m, "mode": mode}
+    items = [
+        (1, "1. Node publish path (MicroPython)", "bench.node_publish", {}),
+        (2, "2. Node duty cycle (simulator)", "bench.duty", {}),
+        (3, "3. Backend ingest", "bench.ingest", {"profile": not a.no_profile}),
+        (3, "3b. Backend stages, as shipped and candidate fixes", "bench.backend_parts", {}),
+        (4, "4. Scale", "bench.scale", {"nodes": a.scale_nodes, "seconds": a.scale_seconds}),
+        (5, "5. Wire efficiency", "bench.wire", {}),
+    ]
+    for num, title, mod, kw in items:
+        if num not in only:
+            continue
+        print(f"\n## {title}\n", flush=True)
+        t = time.monotonic()
+        module = __import__(mod, fromlist=["run"])
+        res = module.run(a.quick, **kw)
+        print(res["text"], flush=True)
+        print(f"\n({time.monotonic() - t:.0f} s)", flush=True)
+        out_md.append(f"## {title}\n\n{res['text']}")
+        raw[mod] = {k: v for k, v in res.items() if k != "text"}
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text("\n\n".join(out_md) + "\n")
+        a.out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+        print(f"\nreport: {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""docker-compose.yml without Docker, for tests: read the compose file and run its pieces on
+this machine the way compose would, changing only paths and ports.
+
+- mosquitto: the real Mosquitto with the mounted mosquitto.conf, its container paths pointed at a
+  copy of the mounted directory and at a folder for each named volume, its listener moved to a
+  free loopback port;
+- backend: the service's command with its environment (${VAR} from the env file), the broker
+  address pointed at that port and the data volume at a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from broker import free_port, mosquitto_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def load() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) for each volume of a service (short syntax)."""
+    out = []
+    for v in service.get("volumes", []):
+        parts = v.split(":")
+        out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def substitute(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}."""
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(:[-?])?([^}]*)\}", one, value)
+
+
+class ComposeStack:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = Path(workdir)
+        self.compose = load()
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.paths: dict[str, Path] = {}  # container path -> where it is here
+        self.procs: list[subprocess.Popen] = []
+        for source, target, _ro in mounts(self.compose["services"]["mosquitto"]):
+            if source.startswith("."):
+                # A copy of the mounted directory: the test writes its passwd there, not in
+                # the repository.
+                here = self.dir / "mosquitto-config"
+                shutil.copytree(ROOT / source, here)
+            else:
+                here = self.dir / "volumes" / source
+                here.mkdir(parents=True)
+            self.paths[target] = here
+        self.config_dir = self.paths["/mosquitto/config"]
+        self.env_file = self.dir / ".env"
+        self.data_dir = self.dir / "volumes" / "espcam-data"
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def local(self, text: str, paths: dict[str, Path]) -> str:
+        for target, here in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(target, str(here))
+        return text
+
+    def start_broker(self) -> None:
+        conf = self.local((self.config_dir / "mosquitto.conf").read_text(), self.paths)
+        conf = re.sub(r"^listener 1883$", f"listener {self.port} {self.host}", conf, flags=re.M)
+        if os.geteuid() == 0:  # as root Mosquitto would switch to a user who cannot read here
+            conf += "\nuser root\n"
+        path = self.dir / "mosquitto.conf"
+        path.write_text(conf)
+        log = open(self.dir / "mosquitto.log", "ab")
+        proc = subprocess.Popen([mosquitto_binary(), "-c", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self._wait_listening(proc)
+
+    def _wait_listening(self, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, (self.dir / "mosquitto.log").read_text()
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen"
+                time.sleep(0.05)
+
+    def env_values(self) -> dict[str, str]:
+        out = {}
+        for line in self.env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                out[key.strip()] = value.strip()
+        return out
+
+    def backend_env(self) -> dict[str, str]:
+        """The backend service's environment as compose gives it, for this machine."""
+        service = self.compose["services"]["backend"]
+        values = self.env_values()
+        env = {k: substitute(str(v), values) for k, v in service["environment"].items()}
+        env["ESPCAM_BROKER"] = env["ESPCAM_BROKER"].replace("mosquitto:1883", self.url)
+        data_target = next(t for s, t, _ in mounts(service) if s == "espcam-data")
+        env["ESPCAM_DATA_DIR"] = env["ESPCAM_DATA_DIR"].replace(data_target, str(self.data_dir))
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ESPCAM_")}
+        return base | env
+
+    def argv(self, command: list[str]) -> list[str]:
+        """A service's command, with `espcam` being the one installed beside this Python."""
+        exe = Path(sys.executable).parent / command[0]
+        return [str(exe) if exe.exists() else command[0], *command[1:]]
+
+    def start_backend(self) -> subprocess.Popen:
+        cmd = self.compose["services"]["backend"]["command"]
+        log = open(self.dir / "backend.log", "ab")
+        proc = subprocess.Popen(self.argv(cmd), env=self.backend_env(), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=self.dir)
+        self.procs.append(proc)
+        return proc
+
+    def healthcheck(self) -> subprocess.CompletedProcess:
+        test = self.compose["services"]["backend"]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        return subprocess.run(self.argv(test[1:]), env=self.backend_env(), capture_output=True,
+                              text=True, timeout=60)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

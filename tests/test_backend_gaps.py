@@ -1,0 +1,107 @@
+"""Frames of which no chunk arrived (noticed through the state document) and re-used frame ids
+(a node that lost its flash numbers from 1 again), against a real Mosquitto and light nodes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lightnode import LightNode, make_jpeg  # noqa: E402
+from observer import Observer  # noqa: E402
+
+from backend.config import Settings  # noqa: E402
+from backend.subscriber import Backend  # noqa: E402
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def backend(broker, data_dir):
+    b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), resend_after=0.3,
+                         client_id="backend-gaps")).start()
+    assert b.connected.wait(10)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def everything(broker):
+    o = Observer(broker.host, broker.port, "#")
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def cam(broker, backend, everything):
+    n = LightNode(broker.host, broker.port, "cam-gap").start()
+    # The backend has seen the node (its state document) before the test starts.
+    everything.topic("espcam/_backend/nodes/cam-gap")
+    yield n
+    n.stop()
+
+
+def resend_commands(obs: Observer, start: int = 0) -> list[dict]:
+    return [json.loads(m.payload) for m in obs.msgs[start:]
+            if m.topic == "espcam/cam-gap/cmd" and json.loads(m.payload)["cmd"] == "resend"]
+
+
+def test_a_frame_named_by_the_state_but_never_seen_is_asked_for_once(cam, everything, data_dir):
+    first = cam.publish_frame(make_jpeg(seed=1))
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == first)
+    # The node captures a frame whose chunks all get lost, then reports it in its state.
+    jpeg = make_jpeg(seed=2)
+    mark = everything.mark()
+    fid = cam.publish_frame(jpeg, skip=range(1000))
+    cam.publish_state()
+    event = everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == fid, start=mark)
+    assert Path(event["file"]).read_bytes() == jpeg
+    asked = resend_commands(everything, mark)
+    assert asked == [{"id": asked[0]["id"], "cmd": "resend", "frame": fid}]  # all chunks
+    # The same state again (every 5 minutes on a node) asks for nothing more.
+    mark = everything.mark()
+    cam.publish_state()
+    everything.topic("espcam/cam-gap/state", start=mark)
+    ping = everything.command("cam-gap", {"id": "p1", "cmd": "status"})  # a later round trip
+    assert ping["ok"] and resend_commands(everything, mark) == []
+
+
+def test_a_frame_the_node_no_longer_holds_is_counted_lost(cam, everything):
+    mark = everything.mark()
+    fid = cam.publish_frame(make_jpeg(seed=3), skip=range(1000))
+    cam.held = None  # e.g. it slept since: "frame N is no longer held"
+    cam.publish_state()
+    report = everything.json_on("espcam/_backend/nodes/cam-gap",
+                                lambda d: d["frames_lost"] == 1, start=mark)
+    assert report["last_frame"] != fid
+    assert len(resend_commands(everything, mark)) == 1
+
+
+def test_a_reused_frame_id_with_another_crc_is_stored_as_a_new_frame(cam, everything, data_dir):
+    a, b = make_jpeg(seed=10), make_jpeg(seed=11)
+    mark = everything.mark()
+    cam.publish_frame(a, 7)
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == 7, start=mark)
+    cam.publish_frame(a, 7)  # the same frame again: a duplicate
+    cam.publish_frame(b, 7)  # the node lost its flash and counts again: a new frame
+    second = everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == 7,
+                                start=everything.msgs.index(
+                                    next(m for m in everything.msgs[mark:]
+                                         if m.topic == "espcam/cam-gap/event")) + 1)
+    assert Path(second["file"]).read_bytes() == b
+    with sqlite3.connect(data_dir / "index.sqlite3") as db:
+        rows = db.execute("SELECT frame_id, path FROM frames WHERE node = 'cam-gap' "
+                          "ORDER BY received_at").fetchall()
+    assert [r[0] for r in rows] == [7, 7]
+    assert [(data_dir / r[1]).read_bytes() for r in rows] == [a, b]
+    events = [json.loads(m.payload) for m in everything.msgs[mark:]
+              if m.topic == "espcam/cam-gap/event"]
+    assert len(events) == 2  # the duplicate was not announced
