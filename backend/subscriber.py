@@ -117,6 +117,7 @@ class Backend:
                                  lambda t, p, r: self.publish(t, p, retain=r))
                    if settings.ha_discovery else None)
         self._announce_due = False
+        self._reports_due: set[str] = set()  # published from tick: a flood costs one per tick
         self._status_due = 0.0
         self._warn = RateLimitedLog(log)
         self._thread: threading.Thread | None = None
@@ -301,9 +302,16 @@ class Backend:
                 report = NodeReport()
             self.reports[node] = report
         if publish:
-            self.publish(discovery.report_topic(self.prefix, node), report.encode(node),
-                         retain=True)
+            self._reports_due.add(node)
         return report
+
+    def _publish_reports(self) -> None:
+        for node in sorted(self._reports_due):
+            report = self.reports.get(node)
+            if report is not None:
+                self.publish(discovery.report_topic(self.prefix, node), report.encode(node),
+                             retain=True)
+        self._reports_due.clear()
 
     def _lost(self, lost: list[Lost] | Lost | None) -> None:
         for item in lost if isinstance(lost, list) else [lost] if lost else []:
@@ -573,6 +581,7 @@ class Backend:
         self.publish(discovery.report_topic(self.prefix, node), b"", retain=True)
         for table in (self.nodes, self.reports, self._highest, self._chunk_ids):
             table.pop(node, None)
+        self._reports_due.discard(node)
         deleted = self.storage.forget_node(node, delete_frames=delete_frames)
         log.info("forgot node %s%s", node,
                  f" and deleted its {deleted} frame(s)" if delete_frames else
@@ -589,6 +598,8 @@ class Backend:
         if self._announce_due and self.connected.is_set():
             self._announce_due = False
             self.announce()
+        if self._reports_due and self.connected.is_set():
+            self._publish_reports()
         if self._pending and now >= self._next_retry:
             while self._pending:
                 if not self._store(self._pending[0]):

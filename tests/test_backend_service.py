@@ -198,7 +198,8 @@ def test_hostile_node_ids_are_dropped_and_nothing_leaves_the_data_dir(backend, b
     wait_stored(w, "cam-ok", cam.publish_frame(jpeg))
     assert [r[0] for r in index_rows(data_dir)] == ["cam-ok"]
     top = {p.name for p in data_dir.iterdir()}
-    assert top <= {"index.sqlite3", "index.sqlite3-journal", "cam-ok", "evil-client"}
+    assert top <= {"index.sqlite3", "index.sqlite3-journal", "index.sqlite3-wal",
+                   "index.sqlite3-shm", "cam-ok", "evil-client"}
     outside = {p.name for p in tmp_path.iterdir()}
     assert outside == {"data", "broker"}
     chunks = len(encode_chunks(jpeg, 1, evil.chunk_size, None))

@@ -5,17 +5,7 @@ import random
 import sys
 
 from espcam import frames, protocol
-
-
-class Collector:
-    def __init__(self):
-        self.msgs = []
-
-    def topic(self, leaf):
-        return "espcam/t/" + leaf
-
-    def publish_raw(self, topic, msg, qos):
-        self.msgs.append(bytes(msg))
+from mqttsink import PacketLink
 
 
 def shuffle(lst):
@@ -31,9 +21,9 @@ for n in sizes:
     for i in range(0, n, 97):
         frame[i] = (i * 7 + n) & 0xFF
     cs = 4096 if n > 300 else 256
-    link = Collector()
-    frames.Sender(cs).send(link, frames.Frame(n, frame, b'{"trigger":"boot"}'))
-    msgs = link.msgs
+    link = PacketLink()
+    frames.Sender(cs, "espcam/t/frame").send(link, frames.Frame(n, frame, b'{"trigger":"boot"}'))
+    msgs = [m for m, q in link.msgs]
     msgs.append(msgs[0])           # a duplicate, as after a resend
     shuffle(msgs)
     out = None

@@ -5,18 +5,7 @@ import json
 import sys
 
 from espcam import frames, protocol
-
-
-class Collector:
-    # Stands in for the MQTT link: keeps what would have been published.
-    def __init__(self):
-        self.msgs = []
-
-    def topic(self, leaf):
-        return "espcam/t/" + leaf
-
-    def publish_raw(self, topic, msg, qos):
-        self.msgs.append((bytes(msg), qos))
+from mqttsink import PacketLink
 
 
 path = sys.argv[1]
@@ -28,8 +17,8 @@ for case in doc["valid"]:
     frame = binascii.unhexlify(case["frame_hex"])
     mb = case["meta_json"].encode() if case["meta_json"] else b""
     fr = frames.Frame(case["frame_id"], frame, mb)
-    s = frames.Sender(case["chunk_size"])
-    link = Collector()
+    s = frames.Sender(case["chunk_size"], "espcam/t/frame")
+    link = PacketLink()
     only = None
     if case["flags"] & protocol.FLAG_RESEND:
         only = list(range(len(case["chunks_hex"])))

@@ -27,8 +27,8 @@ class Node:
         self.wake = hw.wake_reason() if self.reset_cause == "deepsleep" else "none"
         rtc = self._rtc_read()
         self.ids = frames.FrameIds(rtc)
-        self.sender = frames.Sender(cfg["chunk_size"])
         self.link = Link(cfg, self._on_message)
+        self.sender = frames.Sender(cfg["chunk_size"], self.link.topic("frame"))
         self.pending = []
         self.dropped = 0
         self.frame = None
@@ -262,7 +262,11 @@ class Node:
     def tick(self):
         # One pass of the main loop while connected.
         cfg = self.cfg
-        self.link.wait(100)
+        wait = 100
+        if self.duty_sleep_at is not None:
+            # A duty-cycle node sleeps the moment its awake time is up: every ms costs battery.
+            wait = max(0, min(wait, time.ticks_diff(self.duty_sleep_at, time.ticks_ms())))
+        self.link.wait(wait)
         while self.pending:
             self._handle(self.pending.pop(0))
         if self.dropped:

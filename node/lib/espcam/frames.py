@@ -54,10 +54,41 @@ class Frame:
 
 
 class Sender:
-    def __init__(self, chunk_size):
+    # Each chunk goes out as one complete MQTT PUBLISH packet in one socket write: umqtt.simple
+    # would make four or five small writes per message, which with TCP_NODELAY means more
+    # packets and without it a Nagle / delayed-ACK stall of about 40 ms per QoS 1 exchange.
+    # The buffer leaves room in front of the chunk for the MQTT fixed header, topic and packet
+    # id, and is made once; sending allocates a few small objects per chunk whatever the size.
+    def __init__(self, chunk_size, topic):
         self.chunk_size = chunk_size
-        self.buf = bytearray(protocol.HEADER_LEN + META_MAX + chunk_size)
+        self.topic = topic.encode()
+        self.pre = 4 + 2 + len(self.topic) + 2   # fixed header (<= 4), topic length, topic, id
+        self.buf = bytearray(self.pre + protocol.HEADER_LEN + META_MAX + chunk_size)
         self.mv = memoryview(self.buf)
+        self.body = self.mv[self.pre:]
+
+    def _packet(self, body_len, pid):
+        # Writes the PUBLISH header right in front of the body; returns where the packet starts.
+        buf = self.buf
+        p = self.pre
+        if pid:
+            buf[p - 2] = pid >> 8
+            buf[p - 1] = pid & 0xFF
+            p -= 2
+        tl = len(self.topic)
+        buf[p - tl:p] = self.topic
+        p -= tl + 2
+        buf[p] = tl >> 8
+        buf[p + 1] = tl & 0xFF
+        n = self.pre + body_len - p   # MQTT "remaining length"
+        digits = 1 if n < 0x80 else 2 if n < 0x4000 else 3
+        p -= digits
+        for k in range(digits):
+            buf[p + k] = (n & 0x7F) | (0x80 if k < digits - 1 else 0)
+            n >>= 7
+        p -= 1
+        buf[p] = 0x32 if pid else 0x30   # PUBLISH, QoS 1 or 0, not retained
+        return p
 
     def send(self, link, frame, only=None, feed=None):
         # Publishes all chunks (only=None) or the listed indices; the last one at QoS 1, whose
@@ -71,9 +102,7 @@ class Sender:
         else:
             indices = only
             flags = protocol.FLAG_RESEND
-        topic = link.topic("frame")
-        buf = self.buf
-        mv = self.mv
+        body = self.body
         last = len(indices) - 1
         for n, i in enumerate(indices):
             f = flags
@@ -81,14 +110,16 @@ class Sender:
             mlen = 0
             if i == 0 and frame.meta:
                 mlen = len(frame.meta)
-                buf[off:off + mlen] = frame.meta
+                body[off:off + mlen] = frame.meta
                 off += mlen
                 f |= protocol.FLAG_META
             start = i * cs
             size = min(cs, total - start)
-            protocol.pack_header(buf, f, frame.id, total, frame.crc, cs, i, count, mlen)
-            mv[off:off + size] = frame.mv[start:start + size]
-            link.publish_raw(topic, mv[:off + size], 1 if n == last else 0)
+            protocol.pack_header(body, f, frame.id, total, frame.crc, cs, i, count, mlen)
+            body[off:off + size] = frame.mv[start:start + size]
+            pid = link.next_pid() if n == last else 0
+            p = self._packet(off + size, pid)
+            link.send_packet(self.mv[p:self.pre + off + size], pid)
             if feed is not None:
                 feed()
         return len(indices)

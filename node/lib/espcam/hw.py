@@ -209,7 +209,7 @@ def wifi_connect(ssid, password, static, timeout_ms, feed):
             w.disconnect()
             raise OSError("wifi: not connected after %d ms (status %r)" % (timeout_ms, st))
         feed()
-        time.sleep_ms(100)
+        time.sleep_ms(20)
     return w.ifconfig()[0]
 
 

@@ -3,6 +3,7 @@
 # timeout, and wait_msg() puts the socket back into blocking mode. We hand umqtt a socket
 # wrapper whose "blocking" mode is really "timeout", so no read or write can hang forever.
 import select
+import socket
 import time
 
 from umqtt.simple import MQTTClient
@@ -81,6 +82,14 @@ class Link:
             present = c.connect(clean_session=False, timeout=self.timeout)  # umqtt >= 1.5
         except TypeError:
             present = c.connect(clean_session=False)  # 1.3/1.4: no connect timeout
+        try:
+            # Small MQTT packets (acks, pings, PUBACK waits) would otherwise sit out Nagle's
+            # algorithm against the broker's delayed ACK: about 40 ms per QoS 1 exchange.
+            c.sock.setsockopt(getattr(socket, "IPPROTO_TCP", 6),
+                              getattr(socket, "TCP_NODELAY", 1), 1)
+        except (OSError, AttributeError):
+            pass
+        c.pid = 0
         c.sock = _Sock(c.sock, self.timeout)
         self.poller = select.poll()
         self.poller.register(c.sock.sock, select.POLLIN)
@@ -90,10 +99,31 @@ class Link:
         return bool(present)
 
     def publish(self, leaf, msg, retain=False, qos=0):
+        if self.client.pid >= 65535:
+            self.client.pid = 0   # umqtt never wraps its packet id; MQTT ids are 16 bits
         self.client.publish(self.topic(leaf), msg, retain, qos)
 
-    def publish_raw(self, topic, msg, qos):
-        self.client.publish(topic, msg, False, qos)
+    def next_pid(self):
+        c = self.client
+        c.pid = c.pid % 65535 + 1
+        return c.pid
+
+    def send_packet(self, packet, pid):
+        # Writes one complete PUBLISH; for QoS 1 (pid != 0) waits for its PUBACK, handing any
+        # command that arrives meanwhile to the callback, as umqtt's own publish does.
+        c = self.client
+        c.sock.setblocking(True)
+        c.sock.write(packet)
+        if not pid:
+            return
+        for _ in range(1000):   # each read is bounded by the socket timeout; so is the loop
+            op = c.wait_msg()
+            if op == 0x40:
+                c.sock.read(1)
+                r = c.sock.read(2)
+                if (r[0] << 8 | r[1]) == pid:
+                    return
+        raise OSError("no PUBACK for packet %d" % pid)
 
     def wait(self, ms):
         # Waits up to ms for traffic and dispatches every message that has arrived.
