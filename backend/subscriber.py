@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -51,6 +52,15 @@ MAX_STATE_BYTES = 16 * 1024
 QUEUE_SIZE = 10_000  # a full queue blocks paho's thread, which pushes back through TCP
 RECENT_FRAME_IDS = 256  # per node, frame ids of which a chunk arrived (gap detection)
 MAX_GAP_REQUESTS = 1000  # frames asked for because the state named them; oldest forgotten
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # PUBACKs and small messages would wait out Nagle's algorithm against the broker's
+    # delayed ACK (about 40 ms each): p50 latency chunk-to-disk 40 ms -> 4 ms (bench/).
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -136,6 +146,10 @@ class Backend:
             client_id=s.client_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            # QoS 1 messages are acknowledged only once handled (the last chunk of a frame:
+            # once the frame is stored). A backend killed with a backlog in its queue gets
+            # those messages again from the broker instead of losing them.
+            manual_ack=True,
         )
         if s.username:
             client.username_pw_set(s.username, s.password or None)
@@ -146,6 +160,7 @@ class Backend:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     @property
@@ -204,7 +219,11 @@ class Backend:
                     msg = None
                 with self._lock:
                     if msg is not None:
-                        self.handle(msg)
+                        try:
+                            self.handle(msg)
+                        finally:
+                            if msg.qos:
+                                self.client.ack(msg.mid, msg.qos)
                     self.tick(time.time())
         finally:
             if self.client.is_connected():
