@@ -20,5 +20,9 @@ ENV ESPCAM_DATA_DIR=/data
 
 USER espcam
 VOLUME ["/data"]
-HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 CMD ["espcam", "health"]
+# As in docker-compose.yml: the healthcheck logs in as its own user (espcam-health, password in
+# HEALTH_MQTT_PASSWORD), never as the backend's: the broker makes user names client ids, and a
+# second client with the backend's would disconnect the backend.
+HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 \
+    CMD ESPCAM_USERNAME=espcam-health ESPCAM_PASSWORD="$HEALTH_MQTT_PASSWORD" exec espcam health
 CMD ["espcam", "serve"]

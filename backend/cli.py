@@ -11,16 +11,20 @@ import json
 import logging
 import re
 import signal
+import sqlite3
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend import brokerusers
 from backend import config as config_mod
 from backend.names import check_node_id
 from backend.protocol import SETTINGS, CommandError, build_command
+
+if TYPE_CHECKING:
+    from backend.storage import Storage
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_QUEUED, EXIT_NO_ANSWER = range(6)
 
@@ -139,13 +143,17 @@ def load_settings(args: argparse.Namespace) -> config_mod.Settings:
 
 
 def cmd_serve(settings: config_mod.Settings) -> int:
-    from backend.storage import StorageError
+    from backend.storage import StorageError, describe_os_error
     from backend.subscriber import Backend
 
     try:
         backend = Backend(settings)
-    except (StorageError, OSError) as e:
-        print(f"espcam: cannot open data directory {settings.data_dir}: {e}", file=sys.stderr)
+    except StorageError as e:
+        print(f"espcam: {e.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"espcam: cannot use data directory {settings.data_dir}: "
+              f"{describe_os_error(e)}", file=sys.stderr)
         return EXIT_ERROR
 
     def stop(signum: int, frame: Any) -> None:
@@ -189,14 +197,20 @@ def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) ->
     }[result.outcome]
 
 
-def _open_storage(settings: config_mod.Settings):
-    from backend.storage import INDEX_NAME, Storage
+def _open_storage(settings: config_mod.Settings) -> Storage | None:
+    """The index, read-only: listing never writes, so it works on a read-only data
+    directory and next to a running `espcam serve`."""
+    from backend.storage import INDEX_NAME, Storage, StorageError
 
     if not (Path(settings.data_dir) / INDEX_NAME).is_file():
         print(f"espcam: no index in {settings.data_dir} (has `espcam serve` run with this "
               "--data-dir?)", file=sys.stderr)
         return None
-    return Storage(settings.data_dir, settings.retention())
+    try:
+        return Storage(settings.data_dir, settings.retention(), readonly=True)
+    except StorageError as e:
+        print(f"espcam: {e.strerror}", file=sys.stderr)
+        return None
 
 
 def _when(t: float | None) -> str:
@@ -207,8 +221,13 @@ def cmd_nodes(args: argparse.Namespace, settings: config_mod.Settings) -> int:
     storage = _open_storage(settings)
     if storage is None:
         return EXIT_ERROR
-    rows = storage.nodes()
-    storage.close()
+    try:
+        rows = storage.nodes()
+    except sqlite3.Error as e:
+        print(f"espcam: cannot read the index in {storage.root}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        storage.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -225,9 +244,14 @@ def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
     storage = _open_storage(settings)
     if storage is None:
         return EXIT_ERROR
-    frames = storage.frames(args.node, since=args.since, limit=args.limit)
     root = storage.root
-    storage.close()
+    try:
+        frames = storage.frames(args.node, since=args.since, limit=args.limit)
+    except sqlite3.Error as e:
+        print(f"espcam: cannot read the index in {root}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        storage.close()
     if args.json:
         print(json.dumps([f.as_dict() | {"file": str(root / f.path)} for f in frames], indent=2))
         return EXIT_OK

@@ -8,12 +8,15 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.config import Settings
 from backend.protocol import BACKEND_LEVEL, encode_command, parse_ack, topic
@@ -60,7 +63,8 @@ class CommandClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
         self._connected.set()
@@ -93,7 +97,8 @@ class CommandClient:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _wait_for(self, match, deadline: float) -> tuple[str, bytes] | None:
+    def _wait_for(self, match: Callable[[str, bytes], bool],
+                  deadline: float) -> tuple[str, bytes] | None:
         """Read messages until one matches; keep availability and state current meanwhile."""
         while True:
             left = deadline - time.monotonic()

@@ -3,6 +3,8 @@ each later source winning over the earlier ones (docs/backend.md lists every set
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -10,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from backend.jpeg import DEFAULT_MAX_PIXELS
 from backend.names import check_prefix
 from backend.reassembly import Limits
 from backend.storage import Retention
@@ -36,6 +39,7 @@ class Settings:
     retention_bytes: int = 0
     retry_interval: float = 5.0
     max_pending_frames: int = 32
+    retention_interval: float = 3600.0
     # [limits]
     max_frame_bytes: int = Limits.max_frame_bytes
     max_chunks: int = Limits.max_chunks
@@ -45,6 +49,9 @@ class Settings:
     resend_after: float = Limits.resend_after
     resend_tries: int = Limits.resend_tries
     max_age: float = Limits.max_age
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_nodes: int = 1000
+    max_queue_bytes: int = 32 * 1024 * 1024
     # [cli]
     command_timeout: float = 10.0
     # [homeassistant]
@@ -73,15 +80,25 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "mqtt": ("broker", "username", "password", "prefix", "client_id", "keepalive", "tls",
              "ca_file"),
     "storage": ("data_dir", "retention_days", "retention_bytes", "retry_interval",
-                "max_pending_frames"),
+                "max_pending_frames", "retention_interval"),
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
-               "max_bytes_total", "resend_after", "resend_tries", "max_age"),
+               "max_bytes_total", "resend_after", "resend_tries", "max_age", "max_pixels",
+               "max_nodes", "max_queue_bytes"),
     "cli": ("command_timeout",),
     "homeassistant": ("ha_discovery", "ha_prefix"),
     "": ("log_level",),
 }
 TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings)}
 ENV_PREFIX = "ESPCAM_"
+# ESPCAM_* variables that are not backend settings but belong to other parts of espcam:
+# ./run, scripts/setup.sh, the simulator, the board tools, docker compose.
+OTHER_ENV = frozenset({
+    "ESPCAM_CONFIG", "ESPCAM_PORT", "ESPCAM_BROKER_PORT", "ESPCAM_NODES", "ESPCAM_INTERVAL",
+    "ESPCAM_RUN_DIR",
+    "ESPCAM_SETUP_VERBOSE", "ESPCAM_SIM_DIR", "ESPCAM_BACKEND_PASSWORD",
+    "ESPCAM_MQTT_PASSWORD", "ESPCAM_WIFI_PASSWORD",
+})
+log = logging.getLogger("espcam.config")
 
 
 def split_broker(value: str) -> tuple[str, int]:
@@ -139,6 +156,12 @@ def _from_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """ESPCAM_* variables that nothing in espcam reads: most likely a typo of a setting."""
+    known = {ENV_PREFIX + name.upper() for name in TYPES} | OTHER_ENV
+    return sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+
+
 def load(
     config_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -154,6 +177,11 @@ def load(
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw, f"environment {ENV_PREFIX}{name.upper()}")
+    for var in unknown_env(env):
+        known = [ENV_PREFIX + n.upper() for n in TYPES]
+        close = difflib.get_close_matches(var, known, n=1)
+        log.warning("environment %s is not an espcam setting and is ignored%s", var,
+                    f" (did you mean {close[0]}?)" if close else "")
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")

@@ -111,7 +111,7 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("camera", "camera", None, source=IMAGE),
     Entity("capture", "button", "Capture", command={"cmd": "capture"},
            options={"icon": "mdi:camera-iris"}),
-    Entity("flash", "light", "Flash", source=REPORT, path="flash",
+    Entity("flash", "light", "Flash", source=STATE,
            command={"on": {"cmd": "flash", "state": "on"},
                     "off": {"cmd": "flash", "state": "off"}}),
     Entity("reboot", "button", "Reboot", command={"cmd": "reboot"},
@@ -153,8 +153,19 @@ ENTITIES: tuple[Entity, ...] = (
 # re-used ids), so acks to Home Assistant's commands are recognisable: `ha-<entity key>`.
 COMMAND_ID_PREFIX = "ha-"
 # What a node availability payload means to Home Assistant: a sleeping camera keeps its
-# picture and its queued commands, so it is available; only `offline` is not.
-NODE_AVAILABILITY_TEMPLATE = "{{ 'offline' if value == 'offline' else 'online' }}"
+# picture and its queued commands, so it is available. Anything but `online` and `sleeping` is
+# not: `offline`, the empty payload `espcam forget` clears the topic with, garbage.
+# Home Assistant renders this template only with the availability topic's payload, when one
+# arrives: it cannot see the state document's `sleep_until`, nor notice that a sleeping node
+# never woke up (docs/home-assistant.md, "Availability").
+NODE_AVAILABILITY_TEMPLATE = "{{ 'online' if value in ('online', 'sleeping') else 'offline' }}"
+# The light's state from the node's state document, which carries `"flash": "on"|"off"` and is
+# republished whenever the LED changes (also when a pulse ends and before a deep sleep).
+# Without the key (an older node), or for a payload that is not JSON (the topic cleared by
+# `espcam forget`), the state is unknown: `None` is Home Assistant's payload for that; anything
+# else than on, off and None would only be logged as invalid.
+LIGHT_STATE_TEMPLATE = ("{{ value_json.get('flash') if value_json is defined and "
+                        "value_json.get('flash') in ('on', 'off') else 'None' }}")
 
 
 def version() -> str:
@@ -177,7 +188,7 @@ def discovery_topic(ha_prefix: str, node: str) -> str:
 
 
 def report_topic(prefix: str, node: str) -> str:
-    """The backend's retained per-node report (frames stored and lost, last capture, flash)."""
+    """The backend's retained per-node report (frames stored and lost, last capture)."""
     return backend_topic(prefix, f"nodes/{check_node_id(node)}")
 
 
@@ -222,13 +233,14 @@ def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
         c.update(command_topic=cmd_topic, payload_press=_command(entity.key, entity.command),
                  qos=1)
     elif entity.platform == "light":
-        # Template schema: on/off payloads are whole commands, the state an "on"/"off" field.
-        assert entity.command is not None
+        # Template schema: on/off payloads are whole commands, the state the node's own
+        # "flash" field (not the last ack: a pulse ends, a sleep turns the LED off).
+        assert entity.command is not None and entity.source == STATE
         c.update(schema="template", command_topic=cmd_topic, qos=1,
                  command_on_template=_command(entity.key, entity.command["on"]),
                  command_off_template=_command(entity.key, entity.command["off"]),
-                 state_topic=state_topic[entity.source],
-                 state_template="{{ " + _jinja_path(entity.path) + " }}")
+                 state_topic=state_topic[STATE],
+                 state_template=LIGHT_STATE_TEMPLATE)
     elif entity.platform in ("number", "select", "switch"):
         spec = SETTINGS[entity.setting]
         value = _jinja_path("settings." + entity.setting)

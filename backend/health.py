@@ -2,6 +2,11 @@
 
 Healthy when the backend's retained availability is `online` and its retained status document
 is fresh (published every 30 s) and reports storage `ok`.
+
+It logs in with the configured user, which must not be the backend's: the compose broker makes
+user names client ids, so a check as `espcam-backend` would disconnect the backend it checks.
+docker-compose.yml and the Dockerfile run it as `espcam-health`, which may read only the two
+topics below (deploy/mosquitto/espcam.acl).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The backend's own figures per node, published retained on `<prefix>/_backend/nodes/<node>`
 (docs/protocol.md, "The backend's own topics"): what Home Assistant's frames stored, frames
-lost, last capture and flash entities read. The node cannot report these itself: they are
-what arrived, what was lost on the way, and the flash state its acks announced."""
+lost and last capture entities read. The node cannot report these itself: they are what
+arrived and what was lost on the way. (The flash LED's state is the node's own: its state
+document says it, and Home Assistant's light reads it there.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ class NodeReport:
     frames_lost: int = 0  # frames given up since the backend started
     last_frame: int | None = None
     last_capture: float | None = None  # capture time of the newest frame, else its arrival
-    flash: str = "off"  # as the node's last flash ack said; off again after a reset
 
     @classmethod
     def from_storage(cls, count: int, latest: StoredFrame | None) -> NodeReport:
@@ -45,7 +45,6 @@ class NodeReport:
             "frames_lost": self.frames_lost,
             "last_frame": self.last_frame,
             "last_capture": iso_utc(self.last_capture),
-            "flash": self.flash,
             "time": round(time.time(), 3),
         }
 

@@ -26,6 +26,15 @@ MIN_CHUNK_SIZE = 256
 MAX_CHUNK_SIZE = 65_536
 MAX_COUNT = 65_535
 MAX_COMMAND_BYTES = 1024
+MAX_META_LEN = 0xFFFF  # meta_len is 16 bits
+# The largest message a valid chunk can be; anything bigger on any topic is junk.
+MAX_MESSAGE_BYTES = HEADER_LEN + MAX_META_LEN + MAX_CHUNK_SIZE
+# The node reserves frame ids in flash in blocks of this many ("Frame ids"): after a power
+# loss it continues from the next multiple of it.
+FRAME_ID_BLOCK = 256
+# The broker keeps a sleeping node's session and queued commands this long
+# (persistent_client_expiration 14d in deploy/mosquitto/); a longer sleep would lose them.
+MAX_SLEEP_SECONDS = 14 * 24 * 3600
 
 # Topic kinds under <prefix>/<node>/, see "Topic tree".
 NODE_TOPICS = ("availability", "state", "frame", "cmd", "ack", "image", "event")
@@ -215,7 +224,7 @@ def build_command(cmd: str, cmd_id: str | None = None, **args: Any) -> dict[str,
             doc["ms"] = _int_in("ms", args["ms"], 1, 5000)
     elif cmd == "sleep":
         allowed = ("seconds",)
-        doc["seconds"] = _int_in("seconds", args.get("seconds"), 1, 2_592_000)
+        doc["seconds"] = _int_in("seconds", args.get("seconds"), 1, MAX_SLEEP_SECONDS)
     elif cmd == "config":
         allowed = ("set",)
         settings = args.get("set")

@@ -7,6 +7,7 @@ No MQTT and no disk here: the subscriber feeds decoded chunks in and acts on wha
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class ResendRequest:
     frame_id: int
     chunks: list[int]
     attempt: int
+    whole: bool = False  # the whole frame again, after its CRC32 did not match
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,16 @@ class Lost:
 
 
 class FrameRejected(ValueError):
-    """A complete frame whose CRC32 does not match its header: never stored."""
+    """A complete frame whose CRC32 does not match its header: never stored.
+
+    `retry` True: the first mismatch of this frame; its chunks were let go and the whole frame
+    will be asked for again (`tick`). False: it failed again and is given up (counted lost)."""
+
+    def __init__(self, message: str, node: str, frame_id: int, retry: bool,
+                 evicted: list[Lost] | None = None) -> None:
+        super().__init__(message)
+        self.node, self.frame_id, self.retry = node, frame_id, retry
+        self.evicted = evicted or []
 
 
 @dataclass
@@ -75,6 +86,7 @@ class _Partial:
     meta: dict[str, Any] | None = None
     received: int = 0
     tries: int = 0
+    crc_retried: bool = False  # the whole frame was asked for again after a CRC mismatch
 
     @property
     def count(self) -> int:
@@ -144,6 +156,9 @@ class Reassembler:
         if chunk.index in part.chunks:
             self.counters["duplicate_chunks"] += 1
             return None, evicted
+        # Checked on every chunk, not only when a frame starts: frames admitted while there
+        # was room would otherwise keep growing past the limit as their chunks arrive.
+        evicted += self._fit(len(chunk.payload), part)
         part.chunks[chunk.index] = chunk.payload
         part.received += len(chunk.payload)
         part.last_chunk = now
@@ -152,7 +167,7 @@ class Reassembler:
             part.meta = chunk.meta
         if len(part.chunks) < part.count:
             return None, evicted
-        return self._finish(part), evicted
+        return self._finish(part, now, evicted), evicted
 
     def _check_limits(self, chunk: Chunk) -> None:
         lim = self.limits
@@ -168,6 +183,13 @@ class Reassembler:
                 f"frame {chunk.frame_id} of {chunk.count} chunks is above the limit "
                 f"max_chunks={lim.max_chunks}"
             )
+        if chunk.total_len > lim.max_bytes_total:
+            # It could only complete by holding more than the total budget.
+            self.counters["rejected_chunks"] += 1
+            raise ValueError(
+                f"frame {chunk.frame_id} of {chunk.total_len} bytes is above the limit "
+                f"max_bytes_total={lim.max_bytes_total}"
+            )
 
     def _make_room(self, node: str) -> list[Lost]:
         lim = self.limits
@@ -175,24 +197,50 @@ class Reassembler:
         mine = [p for p in self._partials.values() if p.node == node]
         while len(mine) >= lim.max_frames_per_node:
             out.append(self._drop(mine.pop(0), "evicted: too many incomplete frames of this node"))
-        while self._partials and (
-            len(self._partials) >= lim.max_frames_total or self._bytes >= lim.max_bytes_total
-        ):
+        while self._partials and len(self._partials) >= lim.max_frames_total:
             oldest = next(iter(self._partials.values()))
             out.append(self._drop(oldest, "evicted: too many incomplete frames in total"))
         return out
 
-    def _finish(self, part: _Partial) -> Frame:
-        self._forget(part)
+    def _fit(self, size: int, keep: _Partial) -> list[Lost]:
+        """Evict the oldest other incomplete frames until `size` more bytes fit the budget.
+        `keep` always fits on its own: _check_limits refused frames larger than the budget."""
+        out: list[Lost] = []
+        while self._bytes + size > self.limits.max_bytes_total:
+            oldest = next((p for p in self._partials.values() if p is not keep), None)
+            if oldest is None:
+                break
+            out.append(self._drop(oldest, "evicted: incomplete frames hold max_bytes_total="
+                                          f"{self.limits.max_bytes_total} bytes"))
+        return out
+
+    def _finish(self, part: _Partial, now: float, evicted: list[Lost]) -> Frame | None:
         data = b"".join(part.chunks[i] for i in range(part.count))
         total_len, crc, _, _ = part.shape
         actual = zlib.crc32(data) & 0xFFFFFFFF
         if actual != crc:
             self.counters["crc_failures"] += 1
+            if not part.crc_retried:
+                # One bad chunk need not cost the frame: the node still holds it, so let the
+                # chunks go and ask for all of them again (tick() sends the request now).
+                part.crc_retried = True
+                self._bytes -= part.received
+                part.chunks.clear()
+                part.received = 0
+                part.tries = 0
+                part.started = now
+                part.last_chunk = -math.inf
+                raise FrameRejected(
+                    f"node {part.node} frame {part.frame_id}: CRC32 {actual:08x} does not match "
+                    f"the header's {crc:08x}; asking the node for the whole frame again",
+                    part.node, part.frame_id, retry=True, evicted=evicted)
+            self._forget(part)
+            self.counters["frames_lost"] += 1
             raise FrameRejected(
-                f"node {part.node} frame {part.frame_id}: CRC32 {actual:08x} does not match "
-                f"the header's {crc:08x}; frame rejected"
-            )
+                f"LOST frame {part.frame_id} of node {part.node}: CRC32 {actual:08x} does not "
+                f"match the header's {crc:08x} again after the node sent the whole frame again; "
+                "not stored", part.node, part.frame_id, retry=False, evicted=evicted)
+        self._forget(part)
         self.counters["frames_complete"] += 1
         return Frame(part.node, part.frame_id, data, crc, part.meta or {}, part.started)
 
@@ -235,10 +283,35 @@ class Reassembler:
                 part.last_chunk = now  # wait another resend_after for the answer
                 self.counters["resend_requests"] += 1
                 requests.append(ResendRequest(part.node, part.frame_id, part.missing(),
-                                              part.tries))
+                                              part.tries, whole=part.crc_retried
+                                              and not part.chunks))
         return requests, lost
 
     def give_up(self, node: str, frame_id: int, reason: str) -> Lost | None:
         """The node says it cannot resend (e.g. "frame N is no longer held")."""
         part = self._partials.get((node, frame_id))
         return self._drop(part, reason) if part else None
+
+    def holds(self, node: str, frame_id: int) -> bool:
+        """Is this frame being reassembled (some chunks in, not finished nor given up)?"""
+        return (node, frame_id) in self._partials
+
+    def mark_done(self, node: str, frame_id: int, crc32: int) -> None:
+        """Record a frame as finished without reassembling it (it is already stored, e.g.
+        before a restart): later chunks of it are duplicates."""
+        done = self._done.setdefault(node, OrderedDict())
+        done[frame_id] = crc32
+        done.move_to_end(frame_id)
+        while len(done) > self.limits.remember_done:
+            done.popitem(last=False)
+
+    def forget_node(self, node: str) -> list[Lost]:
+        """Drop everything held for a node; its incomplete frames are returned as lost."""
+        lost = [self._drop(p, "the node was forgotten")
+                for p in list(self._partials.values()) if p.node == node]
+        self._done.pop(node, None)
+        return lost
+
+    def drop_all(self, reason: str) -> list[Lost]:
+        """Give up every incomplete frame (the service is stopping); each one is logged."""
+        return [self._drop(p, reason) for p in list(self._partials.values())]

@@ -7,9 +7,12 @@ import queue
 import secrets
 import threading
 import time
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from backend.commands import BrokerUnreachable
 from backend.config import Settings
@@ -33,7 +36,8 @@ class Session:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = lambda c, u, m: self.inbox.put(m)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
         self._connected.set()

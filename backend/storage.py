@@ -5,10 +5,12 @@ Layout under the data directory:
     index.sqlite3                           the index (frames, nodes)
     <node>/latest.jpg                       hard link to (or copy of) the newest frame
     <node>/<YYYY-MM-DD>/<timestamp>_<frame id>.jpg
+    <node>/<YYYY-MM-DD>/<timestamp>_<frame id>_<crc32 hex>.jpg   when the first name is taken
 
-A JPEG becomes visible only by rename after fsync, so a crash at any point leaves either no
-file or a whole one; a file is written before its row, so a crash between the two leaves a
-file without a row, which `reconcile` indexes on the next start.
+A JPEG becomes visible only by a hard link (or rename) after fsync, so a crash at any point
+leaves either no file or a whole one; a file is written before its row, so a crash between the
+two leaves a file without a row, which `reconcile` indexes on the next start. An existing file
+is never replaced: a second frame that would get the same name gets the CRC in its name.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from backend.jpeg import NotAJpeg, inspect_jpeg
 from backend.names import check_node_id, is_node_id
 
 log = logging.getLogger("espcam.storage")
 
-FILE_RE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(\d{1,10})\.jpg")
+FILE_RE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(\d{1,10})(?:_[0-9a-f]{8})?\.jpg")
 DATE_DIR_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TMP_PREFIX = ".tmp-"
+# A temporary file ends in .part, not .jpg: nothing that looks for JPEGs picks up a partial one.
+TMP_SUFFIX = ".part"
 INDEX_NAME = "index.sqlite3"
 
 SCHEMA = """
@@ -64,7 +69,13 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 
 class StorageError(OSError):
-    """The disk refused a write (full, read-only, I/O error); nothing stored was touched."""
+    """The disk refused a write (full, read-only, I/O error); nothing stored was touched.
+    Worth retrying: the same frame may be stored once the disk recovers."""
+
+
+class StorageRejected(ValueError):
+    """A frame the index will never take as it is (a constraint says it clashes with a stored
+    one); retrying cannot help. Nothing stored was touched."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,26 @@ class StoredFrame:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _describe_db_error(e: sqlite3.Error) -> str:
+    text = str(e)
+    if "readonly" in text or "read-only" in text:
+        return f"file system is read-only or not writable ({text})"
+    if "full" in text:
+        return f"disk full ({text})"
+    return f"index error ({text})"
+
+
+def _why_not_writable(root: Path) -> str | None:
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return "file system is read-only"
+    except OSError:
+        return None
+    if not os.access(root, os.W_OK):
+        return "no permission to write there"
+    return None
 
 
 def describe_os_error(e: OSError) -> str:
@@ -125,24 +156,81 @@ def _parse_stamp(s: str) -> float:
     return datetime.strptime(s, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+# Hard links are how a file appears without ever replacing another; these file systems
+# (FAT, some FUSE and network ones) have none.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
+
+
+def _index_uri(path: Path, mode: str) -> str:
+    return f"file:{quote(str(path))}?{mode}"
+
+
 class Storage:
-    def __init__(self, data_dir: Path | str, retention: Retention | None = None) -> None:
+    def __init__(self, data_dir: Path | str, retention: Retention | None = None, *,
+                 readonly: bool = False) -> None:
+        """Open (and, unless `readonly`, create or upgrade) the data directory's index.
+        Raises StorageError, saying why, when the directory or index cannot be used."""
         self.root = Path(data_dir).resolve()
         self.retention = retention or Retention()
+        self.readonly = readonly
+        try:
+            self.db = self._open_readonly() if readonly else self._open()
+        except (OSError, sqlite3.Error) as e:
+            why = describe_os_error(e) if isinstance(e, OSError) else _describe_db_error(e)
+            if not readonly and not isinstance(e, OSError):
+                why = _why_not_writable(self.root) or why  # SQLite only says "unable to open"
+            raise StorageError(
+                e.errno if isinstance(e, OSError) else errno.EIO,
+                f"cannot open the index in {self.root}: {why}") from e
+
+    def _open(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
         # check_same_thread off: the service owns one connection and serialises its use.
-        self.db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        # WAL: a commit costs one fsync of the log instead of several, and `espcam nodes` /
-        # `frames` can read while the service writes. synchronous=NORMAL may lose the last
-        # rows on power loss, never the files: each JPEG is fsynced before its row is written
-        # and reconcile() indexes files without rows at start. (Keep the data directory on a
-        # local file system: WAL does not work over NFS.)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        self.db.executescript(SCHEMA)
-        self.db.commit()
+        db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            # WAL: a commit costs one fsync of the log instead of several, and `espcam nodes`
+            # / `frames` can read while the service writes. synchronous=NORMAL may lose the
+            # last rows on power loss, never the files: each JPEG is fsynced before its row is
+            # written and reconcile() indexes files without rows at start. (Keep the data
+            # directory on a local file system: WAL does not work over NFS.)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self.db = db
+            self._migrate()
+            db.executescript(SCHEMA)
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """For `espcam nodes` and `frames`: no pragma, no schema, nothing written, so they work
+        on a read-only data directory and never change what the service writes."""
+        path = self.root / INDEX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no index (has `espcam serve` run here?)",
+                                    str(path))
+        db = sqlite3.connect(_index_uri(path, "mode=ro"), uri=True, check_same_thread=False)
+        try:
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL index closed cleanly has no -shm file, and a read-only directory cannot
+            # get one; nothing can write there either, so reading it as immutable is safe.
+            db.close()
+            db = sqlite3.connect(_index_uri(path, "immutable=1"), uri=True,
+                                 check_same_thread=False)
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        db.row_factory = sqlite3.Row
+        return db
 
     def _migrate(self) -> None:
         """Indexes written before frames were keyed by CRC too get the new key, rows kept."""
@@ -184,8 +272,8 @@ class Storage:
         """The node's newest frame (by capture time, else arrival), or None."""
         r = self.db.execute(
             "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
-            "crc, path FROM frames WHERE node = ? ORDER BY taken_at DESC, received_at DESC "
-            "LIMIT 1", (node,)
+            "crc, path FROM frames WHERE node = ? ORDER BY taken_at DESC, frame_id DESC, "
+            "received_at DESC LIMIT 1", (node,)
         ).fetchone()
         return StoredFrame(**dict(r)) if r else None
 
@@ -228,28 +316,32 @@ class Storage:
         height: int | None = None,
         trigger: str | None = None,
     ) -> StoredFrame | None:
-        """Store one frame; None if (node, frame_id) is already stored. Raises StorageError
-        when the disk refuses, after removing whatever this call had written."""
+        """Store one frame; None if (node, frame_id, crc) is already stored. Raises
+        StorageError when the disk refuses (worth retrying) and StorageRejected when the index
+        never will take it, in both cases after removing whatever this call had written."""
         check_node_id(node)
-        if self.has(node, frame_id, crc):
-            return None
         taken = captured_at if captured_at is not None else received_at
         day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
-        rel = f"{node}/{day}/{_stamp(taken)}_{frame_id}.jpg"
-        final = self.root / rel
-        tmp = final.with_name(TMP_PREFIX + final.name)
-        renamed = False
+        name = f"{_stamp(taken)}_{frame_id}"
+        day_dir = self.root / node / day
+        tmp = day_dir / f"{TMP_PREFIX}{name}.jpg{TMP_SUFFIX}"
+        placed: Path | None = None
+        created = False
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if self.has(node, frame_id, crc):
+                return None
+            day_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _write_all(fd, jpeg)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            renamed = True
-            _fsync_dir(final.parent)
+            placed, created = self._place(tmp, [day_dir / f"{name}.jpg",
+                                                day_dir / f"{name}_{crc:08x}.jpg"], jpeg)
+            tmp.unlink(missing_ok=True)
+            _fsync_dir(day_dir)
+            rel = f"{node}/{day}/{placed.name}"
             with self.db:
                 self.db.execute(
                     "INSERT INTO frames (node, frame_id, captured_at, received_at, taken_at, "
@@ -263,27 +355,73 @@ class Storage:
                     "last_frame = excluded.last_frame",
                     (node, received_at, frame_id),
                 )
-        except (OSError, sqlite3.Error) as e:
-            for leftover in (final if renamed else None, tmp):
+        except (OSError, sqlite3.Error, StorageRejected) as e:
+            # Only what this call created goes: a file that was there before is never touched.
+            for leftover in (placed if created else None, tmp):
                 if leftover is not None:
                     try:
                         leftover.unlink(missing_ok=True)
                     except OSError:
                         pass  # reconcile on the next start removes or indexes it
+            where = f"frame {frame_id} of node {node} in {self.root}"
+            if isinstance(e, StorageRejected):
+                raise StorageRejected(f"cannot store {where}: {e}") from e
+            if isinstance(e, sqlite3.IntegrityError):
+                raise StorageRejected(
+                    f"cannot store {where}: the index refuses it ({e}); it clashes with a "
+                    "stored frame, which is kept") from e
             raise StorageError(
                 e.errno if isinstance(e, OSError) else errno.EIO,
-                f"cannot store frame {frame_id} of node {node} in {self.root}: "
-                f"{describe_os_error(e) if isinstance(e, OSError) else f'index error ({e})'}",
+                f"cannot store {where}: "
+                f"{describe_os_error(e) if isinstance(e, OSError) else _describe_db_error(e)}",
             ) from e
-        self._update_latest(node, final)
         stored = StoredFrame(node, frame_id, captured_at, received_at, len(jpeg), width, height,
                              trigger, crc, rel)
-        self.apply_retention(node, now=received_at)
+        try:
+            if self.is_latest(node, rel):
+                self._update_latest(node, placed)
+            self.apply_retention(node, now=received_at)
+        except (OSError, sqlite3.Error) as e:
+            # The frame is stored and indexed; these catch up with the next frame or the
+            # periodic retention run.
+            log.error("frame %d of node %s is stored, but latest.jpg or retention failed: %s",
+                      frame_id, node, describe_os_error(e) if isinstance(e, OSError)
+                      else _describe_db_error(e))
         return stored
+
+    def _place(self, tmp: Path, names: list[Path], jpeg: bytes) -> tuple[Path, bool]:
+        """Give the fsynced temporary file the first free name of `names`, never replacing an
+        existing file. Returns (path, created); created is False when a file with exactly
+        these bytes already had the name (an earlier run stored it but not its row)."""
+        for final in names:
+            try:
+                os.link(tmp, final)  # fails with EEXIST instead of replacing
+                return final, True
+            except FileExistsError:
+                pass
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                # No hard links here. The service is the only writer of its data directory,
+                # so checking before the rename is enough.
+                if not final.exists():
+                    os.rename(tmp, final)
+                    return final, True
+            if _same_bytes(final, jpeg):
+                return final, False
+        raise StorageRejected(
+            f"{', '.join(p.name for p in names)} already exist with other content; they are "
+            "kept and this frame is not stored")
+
+    def is_latest(self, node: str, path: str) -> bool:
+        """Is the stored frame at `path` the node's newest (by capture time, else arrival)?
+        Frames may complete out of order; latest.jpg and the retained image never go back."""
+        newest = self.latest(node)
+        return newest is None or newest.path == path
 
     def _update_latest(self, node: str, final: Path) -> None:
         latest = self.root / node / "latest.jpg"
-        tmp = latest.with_name(TMP_PREFIX + "latest.jpg")
+        tmp = latest.with_name(TMP_PREFIX + "latest.jpg" + TMP_SUFFIX)
         try:
             tmp.unlink(missing_ok=True)
             try:
@@ -352,6 +490,12 @@ class Storage:
             log.info("retention: deleted %d old frame(s) of node %s", len(doomed), node)
         return len(doomed)
 
+    def apply_retention_all(self, now: float | None = None) -> dict[str, int]:
+        """Retention for every node in the index, also those that stopped sending frames.
+        Returns the number of frames deleted per node."""
+        nodes = [r[0] for r in self.db.execute("SELECT DISTINCT node FROM frames").fetchall()]
+        return {node: self.apply_retention(node, now=now) for node in nodes if is_node_id(node)}
+
     # -- start-up consistency ------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
@@ -379,7 +523,8 @@ class Storage:
                         continue
                     data = f.read_bytes()
                     try:
-                        info = inspect_jpeg(data)
+                        # No pixel limit: this file passed the one in force when it was stored.
+                        info = inspect_jpeg(data, max_pixels=None)
                     except NotAJpeg as e:
                         log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
                         stats["skipped"] += 1

@@ -8,6 +8,7 @@ the tests) ends the interpreter.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -36,7 +37,67 @@ def port_hint() -> str:
     return "serial ports found: " + ", ".join(ports) if ports else "no serial ports found"
 
 
-def mpremote_command() -> list[str]:
+def permission_words(port: str) -> str:
+    return (
+        f"permission denied on {port}: add yourself to the serial port's group "
+        "(on Debian/Ubuntu: sudo usermod -aG dialout $USER, then log out and in again)"
+    )
+
+
+def busy_words(port: str) -> str:
+    return (
+        f"{port} is in use by another program (a console, Thonny, mpremote, another espcam "
+        "command): close it and try again"
+    )
+
+
+def open_error(port: str) -> str | None:
+    """Why `port` cannot be opened the way mpremote opens it (pyserial, exclusive lock), or
+    None if it can. mpremote itself only says "failed to access PORT" whatever the cause."""
+    try:
+        import serial
+    except ImportError:
+        return None
+    try:
+        s = serial.serial_for_url(port, do_not_open=True, baudrate=115200, exclusive=True)
+        s.open()
+        s.close()
+        return None
+    except (OSError, ValueError) as e:
+        # pyserial's SerialException is an OSError carrying the errno of the failed call.
+        code = getattr(e, "errno", None)
+        text = str(e)
+    if code in (errno.EACCES, errno.EPERM) or "PermissionError" in text:
+        # Windows reports a port held by another program as "Access is denied" too.
+        return permission_words(port) if sys.platform != "win32" else busy_words(port)
+    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO) or "FileNotFoundError" in text:
+        return (
+            f"there is no serial port {port}: is the USB-serial adapter plugged in? "
+            f"({port_hint()})"
+        )
+    if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK):
+        return busy_words(port)
+    if code == errno.ENOTTY:
+        return f"{port} is not a serial port ({port_hint()})"
+    return f"cannot open {port}: {text}"
+
+
+def check_port(port: str) -> None:
+    """Raises a ProvisionError saying why `port` cannot be opened (before mpremote tries)."""
+    why = open_error(port)
+    if why:
+        raise ProvisionError(why)
+
+
+# mpremote with a default socket timeout: its `mip install` downloads on the host with
+# urllib.request.urlopen() and no timeout, so a network that swallows packets would hang it.
+_MPREMOTE_WITH_NET_TIMEOUT = (
+    "import socket, sys; socket.setdefaulttimeout({timeout!r}); "
+    "from mpremote.main import main; sys.argv[0] = 'mpremote'; sys.exit(main())"
+)
+
+
+def mpremote_command(net_timeout: float | None = None) -> list[str]:
     # The venv's own interpreter, so the mpremote installed with espcam is the one used.
     try:
         import mpremote  # noqa: F401
@@ -45,7 +106,13 @@ def mpremote_command() -> list[str]:
         if not exe:
             raise ProvisionError("mpremote is not installed: run ./scripts/setup.sh") from None
         return [exe]
+    if net_timeout is not None:
+        return [sys.executable, "-c", _MPREMOTE_WITH_NET_TIMEOUT.format(timeout=net_timeout)]
     return [sys.executable, "-m", "mpremote"]
+
+
+class BoardTimeout(ProvisionError):
+    """mpremote did not finish within its time."""
 
 
 class Board:
@@ -55,15 +122,24 @@ class Board:
         self.port = port
         self.timeout = timeout
 
-    def run(self, *actions: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
-        """mpremote connect PORT resume <action> + <action> ... in one session."""
-        cmd = [*mpremote_command(), "connect", self.port, "resume"]
+    def run(
+        self,
+        *actions: Sequence[str],
+        check: bool = True,
+        timeout: float | None = None,
+        net_timeout: float | None = None,
+    ) -> subprocess.CompletedProcess:
+        """mpremote connect PORT resume <action> + <action> ... in one session. `net_timeout`
+        bounds each network operation of mpremote on the host (mip's downloads)."""
+        cmd = [*mpremote_command(net_timeout), "connect", self.port, "resume"]
         for i, action in enumerate(actions):
             cmd += (["+"] if i else []) + list(action)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout or self.timeout
+            )
         except subprocess.TimeoutExpired:
-            raise ProvisionError(
+            raise BoardTimeout(
                 f"the board on {self.port} stopped answering (mpremote timed out); "
                 "press its reset button and try again"
             ) from None
@@ -74,12 +150,15 @@ class Board:
     def explain(self, output: str) -> str:
         """mpremote's failure output -> a sentence about the likely cause."""
         low = output.lower()
-        if "permission denied" in low:
-            return (
-                f"permission denied on {self.port}: add yourself to the serial port's group "
-                "(on Debian/Ubuntu: sudo usermod -aG dialout $USER, then log in again)"
+        if "failed to access" in low:
+            # mpremote says the same for a missing port, a busy one and one not permitted.
+            return open_error(self.port) or (
+                f"mpremote could not open {self.port} (no such port, in use by another "
+                f"program, or no permission; {port_hint()})"
             )
-        if "no device found" in low or "failed to access" in low or "no such file" in low:
+        if "permission denied" in low:
+            return permission_words(self.port)
+        if "no device found" in low or "no such file" in low:
             return f"no board on {self.port} ({port_hint()})"
         if "could not enter raw repl" in low:
             return (

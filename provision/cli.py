@@ -88,7 +88,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         broker=args.broker,
         prefix=args.prefix,
         mqtt_user=args.mqtt_user,
-        passwd_file=Path(args.passwd_file),
+        passwd_file=Path(args.passwd_file) if args.passwd_file else None,
         config_out=Path(args.config_out) if args.config_out else None,
         rotate=args.rotate,
         show_password=args.show_password,
@@ -118,7 +118,7 @@ def add_arguments(subparsers: Any) -> None:
     """Adds flash-firmware, deploy, provision and console to an argparse subparsers object."""
     from provision.deploy import NODE_SRC, UMQTT_LOCAL
     from provision.firmware import DEFAULT_BAUD, OFFSETS
-    from provision.provisioning import DEFAULT_PASSWD
+    from provision.provisioning import DEFAULT_NODES_DIR, DEFAULT_PASSWD
 
     p = subparsers.add_parser(
         "flash-firmware",
@@ -168,7 +168,7 @@ def add_arguments(subparsers: Any) -> None:
         "--umqtt",
         default="auto",
         choices=["auto", "mip", "local", "skip"],
-        help="how to install umqtt.simple (auto: keep the board's, else mip, else local copy)",
+        help="how to install umqtt.simple (auto: keep the board's, else the local copy, else mip)",
     )
     p.add_argument("--umqtt-path", default=str(UMQTT_LOCAL), help="local umqtt/simple.py")
     p.add_argument("--node-src", default=str(NODE_SRC), help="the node app folder")
@@ -192,14 +192,17 @@ def add_arguments(subparsers: Any) -> None:
     )
     p.add_argument("node", help="the node id, e.g. cam-kitchen")
     _add_node_values(p, with_node_id=False)
-    p.add_argument("--mqtt-user", help="broker user name (default: the node id)")
     p.add_argument(
-        "--passwd-file",
-        default=str(DEFAULT_PASSWD),
-        help=f"Mosquitto password file (default {DEFAULT_PASSWD})",
+        "--mqtt-user",
+        help="broker user name (default: the node id, which the shipped ACL expects)",
     )
     p.add_argument(
-        "--config-out", help="where to write the config (default deploy/nodes/NODE.json)"
+        "--passwd-file",
+        help=f"Mosquitto password file (default {DEFAULT_PASSWD}, this checkout's)",
+    )
+    p.add_argument(
+        "--config-out",
+        help=f"where to write the config (default {DEFAULT_NODES_DIR}/NODE.json)",
     )
     p.add_argument(
         "--rotate", action="store_true", help="replace an existing node's password and config"

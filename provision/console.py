@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
-from provision.board import mpremote_command
+from provision.board import check_port, mpremote_command
 
 
 def console_command(port: str) -> list[str]:
@@ -12,6 +13,8 @@ def console_command(port: str) -> list[str]:
     return [*mpremote_command(), "connect", port, "resume", "repl"]
 
 
-def console(port: str, say=print) -> int:
+def console(port: str, say: Callable[[str], None] = print) -> int:
+    # mpremote says only "failed to access PORT" whatever the cause: find out first.
+    check_port(port)
     say(f"console on {port}: Ctrl-] to leave, Ctrl-C stops the app (reset to restart it)")
     return subprocess.call(console_command(port))

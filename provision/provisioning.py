@@ -1,19 +1,28 @@
 """`espcam provision NODE`: the node's broker user and its config.json, in one step.
 
 The broker user is named after the node, so a Mosquitto ACL can give each node its own topics
-with `pattern readwrite <prefix>/%u/#`.
+with `pattern readwrite <prefix>/%u/#` (deploy/mosquitto/espcam.acl does that for `espcam/`).
+
+The default files are those of this checkout (deploy/mosquitto/passwd, deploy/nodes/), found
+from this file's place rather than the current directory, so running `espcam provision`
+elsewhere does not scatter password files around.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision import credentials, nodeconfig
 from provision.errors import ProvisionError
 
-DEFAULT_PASSWD = Path("deploy/mosquitto/passwd")
-DEFAULT_NODES_DIR = Path("deploy/nodes")
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_DIR = ROOT / "deploy" / "mosquitto"
+DEFAULT_PASSWD = BROKER_DIR / "passwd"
+DEFAULT_NODES_DIR = ROOT / "deploy" / "nodes"
+BROKER_CONF = "mosquitto.conf"
+ACL_PREFIX = "espcam"  # the prefix the shipped ACL (deploy/mosquitto/espcam.acl) is written for
 
 
 @dataclass
@@ -24,18 +33,67 @@ class ProvisionOptions:
     broker: str | None
     prefix: str | None = None
     mqtt_user: str | None = None
-    passwd_file: Path = DEFAULT_PASSWD
-    config_out: Path | None = None
+    passwd_file: Path | None = None  # None: this checkout's deploy/mosquitto/passwd
+    config_out: Path | None = None  # None: this checkout's deploy/nodes/NODE.json
     rotate: bool = False
     show_password: bool = False
+
+
+def _check_defaults(opts: ProvisionOptions) -> None:
+    if opts.passwd_file is not None and opts.config_out is not None:
+        return
+    if not (BROKER_DIR / BROKER_CONF).is_file():
+        raise ProvisionError(
+            f"there is no espcam broker setup at {BROKER_DIR} ({BROKER_CONF} is missing), so "
+            "the default files have no place: give --passwd-file (the password file your "
+            "Mosquitto reads) and --config-out FILE"
+        )
+
+
+def passwd_path(opts: ProvisionOptions) -> Path:
+    return Path(opts.passwd_file) if opts.passwd_file is not None else DEFAULT_PASSWD
 
 
 def config_path(opts: ProvisionOptions) -> Path:
     return Path(opts.config_out or DEFAULT_NODES_DIR / f"{opts.node_id}.json")
 
 
-def provision_node(opts: ProvisionOptions, say=print) -> int:
+def _check_new_passwd_file(path: Path) -> None:
+    """A password file that does not exist yet is created only next to a Mosquitto config,
+    so a typo or the wrong folder does not leave a password file that no broker reads."""
+    if path.exists() or (path.parent / BROKER_CONF).is_file():
+        return
+    raise ProvisionError(
+        f"{path} does not exist and there is no {BROKER_CONF} next to it: give the password "
+        "file your Mosquitto reads (its password_file setting); to start a new one there, "
+        f"create it first (touch {path})"
+    )
+
+
+def acl_warnings(node_id: str, user: str, prefix: str) -> list[str]:
+    """What the shipped ACL would refuse: it confines a node by user name = node id, under
+    espcam/."""
+    acl = "deploy/mosquitto/espcam.acl"
+    out = []
+    if user != node_id:
+        out.append(
+            f"warning: broker user {user!r} is not the node id {node_id!r}; the shipped ACL "
+            f"({acl}) lets a node publish only under {ACL_PREFIX}/<its user>/, so this node "
+            "would be refused its own topics unless you change the ACL"
+        )
+    if prefix != ACL_PREFIX:
+        out.append(
+            f"warning: prefix {prefix!r} is not {ACL_PREFIX!r}; the shipped ACL ({acl}) grants "
+            f"nodes only {ACL_PREFIX}/<node>/..., so change the ACL (and the backend's prefix) "
+            "to match"
+        )
+    return out
+
+
+def provision_node(opts: ProvisionOptions, say: Callable[[str], None] = print) -> int:
     user = opts.mqtt_user or opts.node_id
+    _check_defaults(opts)
+    passwd = passwd_path(opts)
     out = config_path(opts)
     if out.exists() and not opts.rotate:
         raise ProvisionError(
@@ -52,10 +110,13 @@ def provision_node(opts: ProvisionOptions, say=print) -> int:
         mqtt_user=user,
         mqtt_password="placeholder",
     )
-    password = credentials.add_user(opts.passwd_file, user, replace=opts.rotate)
+    _check_new_passwd_file(passwd)
+    for line in acl_warnings(opts.node_id, user, cfg.get("prefix", ACL_PREFIX)):
+        say(line)
+    password = credentials.add_user(passwd, user, replace=opts.rotate)
     cfg["broker"]["password"] = password
     nodeconfig.write(out, cfg)
-    say(f"broker user {user!r} {'updated' if opts.rotate else 'added'} in {opts.passwd_file}")
+    say(f"broker user {user!r} {'updated' if opts.rotate else 'added'} in {passwd}")
     say(f"config for {opts.node_id} written to {out} (owner-only; it holds the passwords)")
     if opts.show_password:
         say(f"broker password for {user}: {password}")

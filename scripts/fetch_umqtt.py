@@ -3,6 +3,10 @@
 pip cannot install the micropython-umqtt.simple sdist (it has no setup.py), so we ask the
 package index's JSON simple API (PEP 691) for the release file, check its sha256 and unpack
 only umqtt/simple.py. The index is the one pip is configured with.
+
+Only 1.3.4: micropython-lib's newer releases (1.4 and later) are published to its own mip index,
+not to PyPI, where micropython-umqtt.simple stops at 1.3.4 (versions 1.1, 1.2.1, 1.3, 1.3.3,
+1.3.4); docs/node.md says what that leaves untested.
 """
 
 from __future__ import annotations

@@ -24,8 +24,35 @@ if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]} (apt-get)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
-        # The package's own service is not wanted: tests and `./run` start their own broker.
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # The package's own service is not wanted: tests and `./run` start their own broker,
+        # and Debian's would hold port 1883. policy-rc.d answering 101 ("action forbidden")
+        # keeps the package scripts from starting any service during this install.
+        policy=/usr/sbin/policy-rc.d
+        own_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\n# espcam setup: no service starts during its apt-get install\nexit 101\n' \
+                > "$policy"
+            chmod 755 "$policy"
+            own_policy=1
+            trap 'rm -f "$policy"' EXIT  # also when the install is interrupted
+        fi
+        rc=0
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+        if [ "$own_policy" = 1 ]; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
+        [ "$rc" = 0 ] || { say "apt-get install failed"; exit "$rc"; }
+        if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
+            # Nor at the next boot: the package enables its service for then.
+            if command -v systemctl >/dev/null 2>&1; then
+                systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+            fi
+            if command -v update-rc.d >/dev/null 2>&1; then
+                update-rc.d mosquitto disable >/dev/null 2>&1 || true
+            fi
+            say "Debian's mosquitto service is disabled (espcam starts its own broker)"
+        fi
     else
         say "missing: ${missing[*]}. Install them, e.g.: sudo apt-get install ${missing[*]}"
         exit 1

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sim.linkproxy import LinkProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 BOARD_LIB = ROOT / "sim" / "board"
 LAUNCH = ROOT / "sim" / "launch.py"
@@ -114,9 +116,13 @@ class SimNode:
     board/      the board's filesystem (cwd of the app: config.json, files the app writes)
     images/     generated JPEG pool (unless `images_dir` is given)
     captures/   every frame the camera handed to the app, 000001.jpg, ...
-    ctl/        injected conditions: motion (one-shot), wifi_down, camera_fail
+    ctl/        injected conditions: motion (one-shot), wifi_down, camera_fail, camera_stuck,
+                pir_high
     node.log    the app's stdout and stderr, appended across boots
-    sim.json, boot.json, pins.json, rtc.bin, wdt.json, wdt, exit.json: stand-in state
+    sim.json, boot.json, pins.json, rtc.bin, wdt.json, wdt, exit.json, camera.on: stand-in state
+
+    With `proxy` (the default) the node reaches the broker through a LinkProxy, so that
+    wifi_down() breaks its open connections as a lost access point would.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class SimNode:
         node_src: Path = NODE_SRC,
         wifi_connect_ms: int = 300,
         wifi_ap: dict[str, str] | None = None,
+        proxy: bool = True,
     ) -> None:
         if camera_api not in ("module", "class"):
             raise ValueError("camera_api must be 'module' or 'class'")
@@ -158,7 +165,15 @@ class SimNode:
 
                 make_pool(images_dir, name, frame_size=self.config.get("frame_size", "VGA"))
         self.images_dir = Path(images_dir).resolve()
-        (self.board / "config.json").write_text(json.dumps(self.config, indent=2))
+        self.proxy: LinkProxy | None = None
+        board_config = self.config
+        b = self.config.get("broker")
+        if proxy and isinstance(b, dict) and isinstance(b.get("host"), str) \
+                and isinstance(b.get("port"), int):
+            self.proxy = LinkProxy(b["host"], b["port"], (self.ctl / "wifi_down").exists)
+            board_config = {**self.config, "broker": {**b, "host": "127.0.0.1",
+                                                      "port": self.proxy.port}}
+        (self.board / "config.json").write_text(json.dumps(board_config, indent=2))
         _write_json(
             self.dir / "sim.json",
             {
@@ -171,6 +186,7 @@ class SimNode:
             },
         )
         self.boots = 0
+        self.sleeps: list[dict[str, Any]] = []  # each deep sleep: {"ms", "ext0", "held"}
         self.status = "stopped"
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -186,6 +202,8 @@ class SimNode:
             raise RuntimeError(f"{self.name} is already running")
         for f in ("rtc.bin", "exit.json", "pins.json"):
             (self.dir / f).unlink(missing_ok=True)
+        if self.proxy is not None:
+            self.proxy.start()
         self._stop = threading.Event()
         self.status = "running"
         self.returncode = None
@@ -208,6 +226,8 @@ class SimNode:
                 proc.wait()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self.proxy is not None:
+            self.proxy.stop()
         self.status = "stopped"
 
     def kill(self) -> None:
@@ -218,7 +238,16 @@ class SimNode:
             self._proc.wait()
         if self._thread is not None:
             self._thread.join(5)
+        if self.proxy is not None:
+            self.proxy.stop()
         self.status = "stopped"
+
+    def soft_reset(self) -> None:
+        """A soft reset, as Ctrl-D at the REPL or `mpremote soft-reset`: the interpreter starts
+        again (SOFT_RESET) but the chip does not, so RTC memory, pins' holds and the camera
+        driver's state are kept."""
+        _write_json(self.dir / "exit.json", {"why": "soft_reset"})
+        self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
         with self._lock:
@@ -245,6 +274,14 @@ class SimNode:
     def camera_fail(self, fail: bool = True) -> None:
         self._ctl_flag("camera_fail", fail)
 
+    def camera_stuck(self, stuck: bool = True) -> None:
+        """The camera does not probe in a boot that followed a soft reset, until a chip reset."""
+        self._ctl_flag("camera_stuck", stuck)
+
+    def pir_high(self, high: bool = True) -> None:
+        """Every input pin (the PIR's output) reads 1: a level-high ext0 wake fires at once."""
+        self._ctl_flag("pir_high", high)
+
     def _ctl_flag(self, name: str, on: bool) -> None:
         p = self.ctl / name
         if on:
@@ -254,6 +291,13 @@ class SimNode:
 
     def captures(self) -> list[Path]:
         return sorted((self.dir / "captures").glob("[0-9]" * 6 + ".jpg"))
+
+    def flash_at_captures(self) -> list[int]:
+        """The flash LED's level at each capture, in the order of captures()."""
+        return [
+            int((_read_json(p.with_suffix(".json")) or {}).get("flash", 0))
+            for p in self.captures()
+        ]
 
     def log(self) -> str:
         try:
@@ -313,6 +357,8 @@ class SimNode:
     def _spawn(self, reset_cause: int, wake: int) -> subprocess.Popen[bytes]:
         for f in ("exit.json", "wdt.json", "wdt"):
             (self.dir / f).unlink(missing_ok=True)
+        if reset_cause != SOFT_RESET:
+            (self.dir / "camera.on").unlink(missing_ok=True)  # a chip reset clears the driver
         (self.ctl / "motion").unlink(missing_ok=True)  # an edge before boot is lost
         _write_json(self.dir / "boot.json", {"reset_cause": reset_cause, "wake_reason": wake})
         self.boots += 1
@@ -372,6 +418,7 @@ class SimNode:
         _write_json(self.dir / "pins.json", why.get("held") or {})
         (self.ctl / "motion").unlink(missing_ok=True)
         ms, ext0, level = why.get("ms"), why.get("ext0"), why.get("level")
+        self.sleeps.append({"ms": ms, "ext0": ext0, "held": why.get("held") or {}})
         self.status = "sleeping"
         self._event(
             "slept", f"{ms} ms" + (f", ext0 wake on GPIO{ext0}" if ext0 is not None else "")
@@ -379,7 +426,9 @@ class SimNode:
         deadline = None if ms is None else time.monotonic() + ms / 1000
         while not self._stop.is_set():
             if ext0 is not None:
-                if level == 0:  # WAKEUP_ALL_LOW: the input idles low, so it wakes at once
+                # ext0 wakes on a level: at once if the input is already at it (idle low, or the
+                # PIR held high by pir_high())
+                if level == 0 or (self.ctl / "pir_high").exists():
                     return EXT0_WAKE
                 p = self.ctl / "motion"
                 if p.exists():

@@ -3,9 +3,13 @@ this machine the way compose would, changing only paths and ports.
 
 - mosquitto: the real Mosquitto with the mounted mosquitto.conf, its container paths pointed at a
   copy of the mounted directory and at a folder for each named volume, its listener moved to a
-  free loopback port;
-- backend: the service's command with its environment (${VAR} from the env file), the broker
-  address pointed at that port and the data volume at a folder.
+  free loopback port. As in the image, it runs as uid and gid 1883, not root (when the tests run
+  as root; otherwise as the user running them), so it reads the password and ACL files only if
+  their permissions let the broker's group read them, and the data volume belongs to 1883 as
+  the image's entrypoint makes it;
+- backend: the service's command with its environment (${VAR} from the env file, $$ a $), the
+  broker address pointed at that port and the data volume at a folder; `espcam` is the one
+  installed beside this Python.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +45,10 @@ def mounts(service: dict) -> list[tuple[str, str, bool]]:
 
 
 def substitute(value: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}."""
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, and $$ for a literal $."""
     def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
         name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
         if env.get(name):
             return env[name]
@@ -49,12 +56,26 @@ def substitute(value: str, env: dict[str, str]) -> str:
             raise KeyError(f"{name}: {arg}")
         return arg if op == ":-" else ""
 
-    return re.sub(r"\$\{(\w+)(:[-?])?([^}]*)\}", one, value)
+    return re.sub(r"\$\$|\$\{(\w+)(:[-?])?([^}]*)\}", one, value)
+
+
+BROKER_UID = BROKER_GID = 1883  # the mosquitto user of the eclipse-mosquitto image
+AS_ROOT = os.geteuid() == 0
 
 
 class ComposeStack:
     def __init__(self, workdir: Path) -> None:
+        if AS_ROOT:
+            # The broker runs as uid 1883, which cannot enter pytest's private temp directory:
+            # the stack lives in a directory of its own that others may enter (not read).
+            self.own_dir: Path | None = Path(tempfile.mkdtemp(prefix="espcam-compose-"))
+            self.own_dir.chmod(0o711)
+            workdir = self.own_dir / "stack"
+        else:
+            self.own_dir = None
         self.dir = Path(workdir)
+        self.dir.mkdir(parents=True)
+        self.dir.chmod(0o711)
         self.compose = load()
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -69,6 +90,8 @@ class ComposeStack:
             else:
                 here = self.dir / "volumes" / source
                 here.mkdir(parents=True)
+                if AS_ROOT and source == "mosquitto-data":  # the image's entrypoint does this
+                    os.chown(here, BROKER_UID, BROKER_GID)
             self.paths[target] = here
         self.config_dir = self.paths["/mosquitto/config"]
         self.env_file = self.dir / ".env"
@@ -86,13 +109,14 @@ class ComposeStack:
     def start_broker(self) -> None:
         conf = self.local((self.config_dir / "mosquitto.conf").read_text(), self.paths)
         conf = re.sub(r"^listener 1883$", f"listener {self.port} {self.host}", conf, flags=re.M)
-        if os.geteuid() == 0:  # as root Mosquitto would switch to a user who cannot read here
-            conf += "\nuser root\n"
         path = self.dir / "mosquitto.conf"
         path.write_text(conf)
+        path.chmod(0o644)
         log = open(self.dir / "mosquitto.log", "ab")
+        # As the image runs it: uid and gid 1883, no other groups (so not root's).
+        who = {"user": BROKER_UID, "group": BROKER_GID, "extra_groups": []} if AS_ROOT else {}
         proc = subprocess.Popen([mosquitto_binary(), "-c", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, **who)
         self.procs.append(proc)
         self._wait_listening(proc)
 
@@ -124,26 +148,34 @@ class ComposeStack:
         data_target = next(t for s, t, _ in mounts(service) if s == "espcam-data")
         env["ESPCAM_DATA_DIR"] = env["ESPCAM_DATA_DIR"].replace(data_target, str(self.data_dir))
         base = {k: v for k, v in os.environ.items() if not k.startswith("ESPCAM_")}
+        # `espcam` (also in the service's shell commands) is the one beside this Python.
+        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
         return base | env
 
-    def argv(self, command: list[str]) -> list[str]:
-        """A service's command, with `espcam` being the one installed beside this Python."""
-        exe = Path(sys.executable).parent / command[0]
-        return [str(exe) if exe.exists() else command[0], *command[1:]]
-
     def start_backend(self) -> subprocess.Popen:
-        cmd = self.compose["services"]["backend"]["command"]
+        cmd = [substitute(str(a), {}) for a in self.compose["services"]["backend"]["command"]]
         log = open(self.dir / "backend.log", "ab")
-        proc = subprocess.Popen(self.argv(cmd), env=self.backend_env(), stdout=log,
+        proc = subprocess.Popen(cmd, env=self.backend_env(), stdout=log,
                                 stderr=subprocess.STDOUT, cwd=self.dir)
         self.procs.append(proc)
         return proc
 
     def healthcheck(self) -> subprocess.CompletedProcess:
-        test = self.compose["services"]["backend"]["healthcheck"]["test"]
-        assert test[0] == "CMD"
-        return subprocess.run(self.argv(test[1:]), env=self.backend_env(), capture_output=True,
-                              text=True, timeout=60)
+        """The backend's healthcheck, as Docker runs it in the container."""
+        test = [substitute(str(a), {}) for a in
+                self.compose["services"]["backend"]["healthcheck"]["test"]]
+        argv = {"CMD": test[1:], "CMD-SHELL": ["sh", "-c", *test[1:]]}[test[0]]
+        return subprocess.run(argv, env=self.backend_env(), capture_output=True, text=True,
+                              timeout=60)
+
+    def exec(self, *args: str) -> subprocess.CompletedProcess:
+        """`docker compose exec backend espcam ARGS`: a command in the backend's environment."""
+        return subprocess.run(["espcam", *args], env=self.backend_env(), capture_output=True,
+                              text=True, timeout=60, cwd=self.dir)
+
+    def log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -154,3 +186,5 @@ class ComposeStack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self.own_dir is not None:
+            shutil.rmtree(self.own_dir, ignore_errors=True)

@@ -27,6 +27,40 @@ def observer(broker):
 
 
 @pytest.fixture
+def everything(broker):
+    """An observer of every topic on the test broker."""
+    from observer import Observer
+
+    o = Observer(broker.host, broker.port, "#")
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def light_node(broker):
+    """Factory for CPython nodes speaking the protocol (tests/lightnode.py), for load and for
+    frames a test shapes itself; make_node is the real MicroPython node."""
+    from lightnode import LightNode
+
+    made = []
+
+    def make(node_id, **kw):
+        n = LightNode(broker.host, broker.port, node_id, **kw).start()
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        if n.connected.is_set():
+            n.stop()
+
+
+@pytest.fixture
 def make_node(broker, tmp_path):
     """Factory for simulated nodes (the real node/ files on MicroPython) on the test broker."""
     from sim.runner import SimNode

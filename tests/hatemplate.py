@@ -3,7 +3,8 @@ value templates the way its MQTT entities do, decide availability.
 
 Templates are rendered with Jinja2 when it is installed (Home Assistant's engine); otherwise
 with a small evaluator for the subset espcam's templates use (`{{ expr }}` with `value`,
-`value_json.a.b`, `| int`, comparisons and `x if c else y`), which renders the same text.
+`value_json.a.b`, `value_json.get(k)`, `| int`, `is defined`, `in`, comparisons and
+`x if c else y`), which renders the same text.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ class _Obj(dict):
 def _mini(template: str, variables: dict[str, Any]) -> str:
     def one(m: re.Match) -> str:
         expr = re.sub(r"(\w+(?:\.\w+)*)\s*\|\s*int", r"int(float(\1))", m.group(1).strip())
-        return str(eval(expr, {"__builtins__": {}, "int": int, "float": float}, variables))
+        expr = re.sub(r"\b(\w+) is defined\b", r"('\1' in __names__)", expr)
+        return str(eval(expr, {"__builtins__": {}, "int": int, "float": float,
+                               "__names__": set(variables)}, variables))
 
     return re.sub(r"\{\{(.*?)\}\}", one, template)
 
@@ -81,8 +84,9 @@ def render(template: str, payload: str | None = None, **variables: Any) -> str:
 
 def available(component: dict[str, Any], root: dict[str, Any],
               retained: dict[str, bytes | None]) -> bool:
-    """Availability as Home Assistant decides it from the retained payloads of the topics
-    (None: nothing received yet), with availability_mode `all`, `any` or `latest`-like."""
+    """Availability as Home Assistant decides it from the last payload received on each topic
+    (None: nothing received yet; b"": an empty message, which Home Assistant renders like any
+    other), with availability_mode `all`, `any` or `latest`-like."""
     comp, base = expand(component), expand(root)
     entries = comp.get("availability", base.get("availability"))
     mode = comp.get("availability_mode", base.get("availability_mode", "latest"))

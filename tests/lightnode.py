@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,7 +61,9 @@ class LightNode:
         prefix: str = "espcam",
         chunk_size: int = 1024,
         first_frame_id: int = 1,
+        hold: int = 1,
     ) -> None:
+        """`hold`: how many of its latest frames the node can resend (a real node: 1)."""
         self.host, self.port, self.node, self.prefix = host, port, node_id, prefix
         self.chunk_size = chunk_size
         self.next_frame_id = first_frame_id
@@ -71,7 +74,11 @@ class LightNode:
         self.commands: list[dict[str, Any]] = []
         self.refuse: dict[str, str] = {}  # cmd -> error text to answer with
         self.capture_source: Callable[[int], bytes] = lambda fid: make_jpeg(seed=fid)
-        self.held: tuple[int, list[bytes]] | None = None  # last frame's chunks, for resends
+        self.hold = hold
+        # The latest `hold` frames' chunks, for resends: frame id -> chunks.
+        self.history: OrderedDict[int, list[bytes]] = OrderedDict()
+        # Merged over the state document, e.g. {"frame": None, "reset_cause": "power_on"}.
+        self.state_overrides: dict[str, Any] = {}
         self.resend_requests: list[dict[str, Any]] = []
         self.connected = threading.Event()
         self._lock = threading.Lock()
@@ -101,11 +108,30 @@ class LightNode:
         self.publish_state()
         self.connected.set()
 
+    @property
+    def held(self) -> tuple[int, list[bytes]] | None:
+        """The last frame's id and chunks (what a real node can resend), or None."""
+        if not self.history:
+            return None
+        fid = next(reversed(self.history))
+        return fid, self.history[fid]
+
+    @held.setter
+    def held(self, value: tuple[int, list[bytes]] | None) -> None:
+        with self._lock:
+            if value is None:
+                self.history.clear()
+                return
+            self.history[value[0]] = value[1]
+            self.history.move_to_end(value[0])
+            while len(self.history) > self.hold:
+                self.history.popitem(last=False)
+
     def state_doc(self) -> dict[str, Any]:
         return {"proto": 1, "node": self.node, "app": "lightnode", "fw": "cpython",
                 "driver": "fake", "frame": self.next_frame_id - 1, "camera": "ok",
-                "chunk_size": self.chunk_size, "sleep_until": None,
-                "settings": dict(self.settings)}
+                "reset_cause": "soft", "chunk_size": self.chunk_size, "sleep_until": None,
+                "settings": dict(self.settings)} | self.state_overrides
 
     def publish_state(self) -> None:
         self.client.publish(self.t("state"), json.dumps(self.state_doc()), qos=1, retain=True)
@@ -134,9 +160,11 @@ class LightNode:
         meta: dict[str, Any] | None = None,
         trigger: str = "interval",
         wait: bool = True,
+        corrupt_held: bool = False,
     ) -> int:
         """Publish one frame as chunks (QoS 0, the last at QoS 1); returns its frame id.
-        `skip` chunks are not sent, `corrupt` chunks have one payload byte flipped."""
+        `skip` chunks are not sent, `corrupt` chunks have one payload byte flipped: on the way
+        only, or also in what the node holds for resends (`corrupt_held`, a bad buffer)."""
         with self._lock:
             if frame_id is None:
                 frame_id = self.next_frame_id
@@ -145,16 +173,19 @@ class LightNode:
             meta = {"t": time.time(), "up": 1000, "trigger": trigger, "fs": "QQVGA", "q": 80,
                     "wake": "none"}
         chunks = encode_chunks(jpeg, frame_id, self.chunk_size, meta)
-        self.held = (frame_id, chunks)
         skip, corrupt = set(skip), set(corrupt)
-        info = None
+        sent = []
         for i, c in enumerate(chunks):
-            if i in skip:
-                continue
             if i in corrupt:
                 b = bytearray(c)
                 b[-1] ^= 0xFF
                 c = bytes(b)
+            sent.append(c)
+        self.held = (frame_id, sent if corrupt_held else chunks)
+        info = None
+        for i, c in enumerate(sent):
+            if i in skip:
+                continue
             info = self.client.publish(self.t("frame"), c, qos=1 if i == len(chunks) - 1 else 0)
         if wait and info is not None and info.mid:
             info.wait_for_publish(10)
@@ -214,10 +245,11 @@ class LightNode:
 
     def _resend(self, cmd_id: Any, doc: dict[str, Any]) -> None:
         frame = doc.get("frame")
-        if self.held is None or self.held[0] != frame:
+        with self._lock:
+            chunks = self.history.get(frame) if isinstance(frame, int) else None
+        if chunks is None:
             self._ack(cmd_id, "resend", False, error=f"frame {frame} is no longer held")
             return
-        chunks = self.held[1]
         wanted = doc.get("chunks")
         wanted = list(range(len(chunks))) if wanted is None else wanted
         wanted = [i for i in wanted if isinstance(i, int) and 0 <= i < len(chunks)]

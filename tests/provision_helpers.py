@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import struct
 import subprocess
 import sys
@@ -17,7 +19,23 @@ if str(ROOT) not in sys.path:
 import provision  # noqa: E402
 
 # Where code of each chip loads (an IRAM address), and its ELF machine: Xtensa or RISC-V.
-ELF_TARGETS = {"esp32": (94, 0x40080000), "esp32s3": (94, 0x40370000), "esp32c3": (243, 0x40380000)}
+ELF_TARGETS = {
+    "esp32": (94, 0x40080000),
+    "esp32s2": (94, 0x40020000),
+    "esp32s3": (94, 0x40370000),
+    "esp32c3": (243, 0x40380000),
+    "esp32c6": (243, 0x40800000),
+}
+CHIPS = list(ELF_TARGETS)
+# Flash layout of a MicroPython firmware file: bootloader at the chip's offset, partition table
+# at 0x8000, the app at 0x10000.
+PARTITIONS_AT, APP_AT = 0x8000, 0x10000
+# `espcam ARGS` in a child process (for tests that need another user, a terminal, or a cwd).
+CLI_CODE = (
+    "import argparse, sys, provision; p = argparse.ArgumentParser(prog='espcam'); "
+    "provision.add_arguments(p.add_subparsers(dest='command', required=True)); "
+    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+)
 
 
 def cli(*argv: str) -> int:
@@ -46,18 +64,62 @@ def write_elf(path: Path, machine: int, addr: int, body: bytes = b"\x00" * 32) -
     path.write_bytes(data + b"\0" * 40 + text + names)
 
 
-def make_firmware(folder: Path, chip: str) -> Path:
-    """A firmware image made by esptool's own elf2image for `chip`."""
+def esptool(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "esptool", *args], check=True, capture_output=True)
+
+
+def make_app_image(folder: Path, chip: str, name: str = "app") -> Path:
+    """An ESP image made by esptool's own elf2image for `chip`: what a MicroPython .app-bin
+    (an app image alone, for OTA updates) is."""
     machine, addr = ELF_TARGETS[chip]
-    elf = folder / f"{chip}.elf"
-    out = folder / f"{chip}.bin"
+    elf = folder / f"{chip}-{name}.elf"
+    out = folder / f"{chip}-{name}.bin"
     write_elf(elf, machine, addr)
-    subprocess.run(
-        [sys.executable, "-m", "esptool", "--chip", chip, "elf2image", "-o", str(out), str(elf)],
-        check=True,
-        capture_output=True,
-    )
+    esptool("--chip", chip, "elf2image", "-o", str(out), str(elf))
     return out
+
+
+def partition_table() -> bytes:
+    """An ESP-IDF partition table (nvs, phy_init, factory app) as gen_esp32part.py writes it:
+    32-byte entries starting AA 50, an MD5 entry, 0xFF up to 0xC00 bytes."""
+    rows = [(1, 2, 0x9000, 0x6000, b"nvs"), (1, 1, 0xF000, 0x1000, b"phy_init"),
+            (0, 0, APP_AT, 0x1F0000, b"factory")]  # fmt: skip
+    table = b"".join(
+        struct.pack("<2sBBII16sI", b"\xaa\x50", t, sub, off, size, name, 0)
+        for t, sub, off, size, name in rows
+    )
+    table += b"\xeb\xeb" + b"\xff" * 14 + hashlib.md5(table).digest()
+    return table + b"\xff" * (0xC00 - len(table))
+
+
+def make_firmware(folder: Path, chip: str) -> Path:
+    """A full firmware file like MicroPython's .bin: bootloader, partition table and app, put
+    together by esptool's own elf2image and merge-bin, starting at the chip's bootloader
+    offset (esptool's BOOTLOADER_FLASH_OFFSET)."""
+    from esptool.targets import CHIP_DEFS
+
+    start = CHIP_DEFS[chip].BOOTLOADER_FLASH_OFFSET
+    boot = make_app_image(folder, chip, "bootloader")
+    app = make_app_image(folder, chip, "app")
+    table = folder / "partitions.bin"
+    table.write_bytes(partition_table())
+    out = folder / f"{chip}.bin"
+    parts = [hex(start), str(boot), hex(PARTITIONS_AT), str(table), hex(APP_AT), str(app)]
+    esptool("--chip", chip, "merge-bin", "-o", str(out), "--target-offset", hex(start), *parts)
+    return out
+
+
+def cli_process(*argv: str, **kw) -> subprocess.CompletedProcess:
+    """Runs `espcam <argv>` in a child process with the provision package of this checkout
+    (or of the folder given as root=)."""
+    env = dict(kw.pop("env", os.environ), PYTHONPATH=str(kw.pop("root", ROOT)))
+    return subprocess.run(
+        [*kw.pop("prefix", []), sys.executable, "-c", CLI_CODE, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def auth_broker_config(passwd: Path) -> str:

@@ -22,11 +22,6 @@ OK, ERROR, USAGE, REFUSED, QUEUED, NO_ANSWER = range(6)
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def backend(broker, data_dir):
     b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), client_id="cli-backend"))
     b.start()
@@ -126,6 +121,7 @@ def test_unknown_node_gets_no_answer(espcam):
     ("flash", "cam-cli", "on", "--ms", "10"),
     ("flash", "cam-cli", "blink"),
     ("sleep", "cam-cli", "0"),
+    ("sleep", "cam-cli", "1209601"),  # past the broker's 14-day session expiry
     ("capture", "../cam"),
     ("capture", "Cam-1"),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -92,3 +93,51 @@ def test_shipped_broker_config_starts_mosquitto(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+ESPCAM = str(Path(sys.executable).parent / "espcam")
+
+
+def index_with_node(data_dir: Path, node: str) -> Path:
+    from backend.storage import Storage
+
+    s = Storage(data_dir)
+    s.update_node(node, seen_at=time.time(), availability="online")
+    s.close()
+    return data_dir
+
+
+def listed_nodes(*args: str, env: dict[str, str]) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESPCAM_")}
+    r = subprocess.run([ESPCAM, "nodes", "--json", *args], capture_output=True, text=True,
+                       env=clean | env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [n["node"] for n in json.loads(r.stdout)]
+
+
+def test_cli_precedence_config_flag_over_espcam_config_env_over_files(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        index_with_node(tmp_path / name, f"node-{name}")
+    (tmp_path / "a.toml").write_text(f'[storage]\ndata_dir = "{tmp_path / "a"}"\n')
+    (tmp_path / "b.toml").write_text(f'[storage]\ndata_dir = "{tmp_path / "b"}"\n')
+    env_b = {"ESPCAM_CONFIG": str(tmp_path / "b.toml")}
+    assert listed_nodes(env=env_b) == ["node-b"]
+    assert listed_nodes("--config", str(tmp_path / "a.toml"), env=env_b) == ["node-a"]
+    env_c = env_b | {"ESPCAM_DATA_DIR": str(tmp_path / "c")}
+    assert listed_nodes("--config", str(tmp_path / "a.toml"), env=env_c) == ["node-c"]
+    assert listed_nodes("--config", str(tmp_path / "a.toml"), "--data-dir",
+                        str(tmp_path / "d"), env=env_c) == ["node-d"]
+
+
+def test_unknown_espcam_environment_variables_are_warned_about(tmp_path):
+    index_with_node(tmp_path / "data", "node-x")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESPCAM_")}
+    r = subprocess.run([ESPCAM, "nodes", "--data-dir", str(tmp_path / "data")],
+                       capture_output=True, text=True, timeout=60,
+                       env=clean | {"ESPCAM_RETENTON_DAYS": "3", "ESPCAM_NODES": "3",
+                                    "ESPCAM_PORT": "1884"})
+    assert r.returncode == 0, r.stderr
+    assert "ESPCAM_RETENTON_DAYS is not an espcam setting" in r.stderr
+    assert "did you mean ESPCAM_RETENTION_DAYS?" in r.stderr
+    # Variables of ./run and the other tools are not settings, and not warned about.
+    assert "ESPCAM_NODES" not in r.stderr and "ESPCAM_PORT" not in r.stderr

@@ -20,24 +20,12 @@ from backend.subscriber import Backend  # noqa: E402
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def backend(broker, data_dir):
     b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), resend_after=0.3,
                          client_id="backend-gaps")).start()
     assert b.connected.wait(10)
     yield b
     b.stop()
-
-
-@pytest.fixture
-def everything(broker):
-    o = Observer(broker.host, broker.port, "#")
-    yield o
-    o.close()
 
 
 @pytest.fixture
@@ -105,3 +93,54 @@ def test_a_reused_frame_id_with_another_crc_is_stored_as_a_new_frame(cam, everyt
     events = [json.loads(m.payload) for m in everything.msgs[mark:]
               if m.topic == "espcam/cam-gap/event"]
     assert len(events) == 2  # the duplicate was not announced
+
+
+def lost_count(obs: Observer) -> int:
+    reports = [json.loads(m.payload) for m in obs.msgs
+               if m.topic == "espcam/_backend/nodes/cam-gap" and m.payload]
+    return reports[-1]["frames_lost"] if reports else 0
+
+
+def test_frame_null_before_the_first_capture_is_no_gap(cam, everything, data_dir):
+    first = cam.publish_frame(make_jpeg(seed=1))
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == first)
+    # Power cycled: the node reports null until it captures again.
+    mark = everything.mark()
+    cam.state_overrides = {"frame": None, "reset_cause": "power_on", "uptime": 1.0}
+    cam.publish_state()
+    everything.command("cam-gap", {"id": "p1", "cmd": "status"})  # a later round trip
+    assert resend_commands(everything, mark) == []
+    nxt = cam.publish_frame(make_jpeg(seed=2), 300)
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == nxt, start=mark)
+    cam.state_overrides = {"reset_cause": "power_on"}
+    cam.publish_state()  # names 300, which arrived: still nothing to ask for
+    everything.command("cam-gap", {"id": "p2", "cmd": "status"})
+    assert resend_commands(everything, mark) == [] and lost_count(everything) == 0
+
+
+def test_id_block_jump_after_a_power_cycle_is_no_gap_but_later_gaps_still_count(
+        cam, everything, data_dir, caplog):
+    for seed in (1, 2, 3):
+        fid = cam.publish_frame(make_jpeg(seed=seed))
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == fid)
+    # Today's node, powered off and on: its state names the start of its next id block (256),
+    # which it never sent; it holds no frame.
+    mark = everything.mark()
+    cam.held = None
+    cam.next_frame_id = 257
+    cam.state_overrides = {"reset_cause": "power_on", "uptime": 1.0}
+    cam.publish_state()
+    assert everything.command("cam-gap", {"id": "p1", "cmd": "status"})["ok"]
+    assert resend_commands(everything, mark) == []
+    after = cam.publish_frame(make_jpeg(seed=4))
+    assert after == 257
+    everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == after, start=mark)
+    assert lost_count(everything) == 0
+    assert not any("LOST" in r.getMessage() for r in caplog.records)
+    # A real gap after the jump: 258 published, none of its chunks arrive, the state names it.
+    cam.state_overrides = {}
+    gone = cam.publish_frame(make_jpeg(seed=5), skip=range(1000))
+    cam.publish_state()
+    event = everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == gone, start=mark)
+    assert Path(event["file"]).read_bytes() == make_jpeg(seed=5)
+    assert [c["frame"] for c in resend_commands(everything, mark)] == [gone]

@@ -52,16 +52,42 @@ def test_same_frame_id_on_two_nodes_is_two_frames():
     assert feed(r, "cam-b", chunks_of(b, 5)).data == b
 
 
-def test_crc_mismatch_is_rejected():
-    data = make_jpeg(seed=3)
-    raw = encode_chunks(data, 9, 256, None)
-    bad = bytearray(raw[1])
+def corrupted(data: bytes, frame_id: int, index: int = 1):
+    raw = encode_chunks(data, frame_id, 256, None)
+    bad = bytearray(raw[index])
     bad[-1] ^= 1
-    raw[1] = bytes(bad)
+    raw[index] = bytes(bad)
+    return [decode_chunk(c) for c in raw]
+
+
+def test_crc_mismatch_asks_for_the_whole_frame_again_and_a_clean_copy_completes():
+    data = make_jpeg(seed=3)
+    r = Reassembler(Limits(resend_after=1.0))
+    with pytest.raises(FrameRejected, match="CRC32.*asking the node for the whole frame") as e:
+        feed(r, "cam-1", corrupted(data, 9), now=0.0)
+    assert e.value.retry and (e.value.node, e.value.frame_id) == ("cam-1", 9)
+    assert r.counters["crc_failures"] == 1 and r.counters["frames_lost"] == 0
+    assert r.frames_held == 1 and r.bytes_held == 0  # the bad bytes are let go
+    (req,), lost = r.tick(0.1)  # asked for at once, not after resend_after
+    assert lost == [] and req.whole and req.frame_id == 9
+    assert req.chunks == list(range(len(encode_chunks(data, 9, 256, None))))
+    frame = feed(r, "cam-1", chunks_of(data, 9), now=0.2)
+    assert frame is not None and frame.data == data
+    assert r.frames_held == 0 and r.bytes_held == 0
+
+
+def test_crc_mismatch_twice_is_given_up_and_counted_lost():
+    data = make_jpeg(seed=3)
     r = Reassembler()
-    with pytest.raises(FrameRejected, match="CRC32"):
-        feed(r, "cam-1", [decode_chunk(c) for c in raw])
-    assert r.counters["crc_failures"] == 1 and r.frames_held == 0
+    with pytest.raises(FrameRejected):
+        feed(r, "cam-1", corrupted(data, 9))
+    r.tick(0.1)
+    with pytest.raises(FrameRejected, match="LOST frame 9 of node cam-1.*again") as e:
+        feed(r, "cam-1", corrupted(data, 9))
+    assert not e.value.retry
+    assert r.counters["crc_failures"] == 2 and r.counters["frames_lost"] == 1
+    assert r.frames_held == 0 and r.bytes_held == 0
+    assert feed(r, "cam-1", corrupted(data, 9)) is None  # later copies are duplicates
 
 
 def test_chunk_disagreeing_with_earlier_chunks_is_rejected():
@@ -93,14 +119,37 @@ def test_size_and_chunk_count_limits():
 def test_flood_of_frames_that_never_complete_stays_bounded():
     lim = Limits(max_frames_per_node=3, max_frames_total=10, max_bytes_total=20_000)
     r = Reassembler(lim)
-    big = b"y" * 50_000
+    big = b"y" * 15_000
     for node in range(20):
         for fid in range(1, 30):
             # Chunk 0 only: every frame stays incomplete forever.
             r.add(f"cam-{node}", chunks_of(big, fid, 1024)[0], float(fid))
             assert r.frames_held <= lim.max_frames_total
-            assert r.bytes_held <= lim.max_bytes_total + 1024
+            assert r.bytes_held <= lim.max_bytes_total
     assert r.counters["frames_lost"] > 0
+
+
+def test_bytes_limit_holds_while_admitted_frames_grow():
+    # Four frames start while there is room, then all of them keep receiving chunks: the
+    # byte limit must hold on every chunk, not only when a frame starts.
+    lim = Limits(max_bytes_total=20_000, max_frames_per_node=8, max_frames_total=8)
+    r = Reassembler(lim)
+    frames = {fid: chunks_of(make_jpeg(seed=fid), fid, 1024) for fid in range(1, 5)}
+    lost = []
+    for i in range(max(len(cs) for cs in frames.values()) - 1):  # never the last chunk
+        for cs in frames.values():
+            if i < len(cs) - 1:
+                _, evicted = r.add("cam-1", cs[i], float(i))
+                lost += evicted
+            assert r.bytes_held <= lim.max_bytes_total, r.bytes_held
+    assert lost and all("max_bytes_total" in x.reason for x in lost)
+
+
+def test_frame_larger_than_the_total_byte_budget_is_refused_at_its_first_chunk():
+    r = Reassembler(Limits(max_bytes_total=10_000))
+    with pytest.raises(ValueError, match="max_bytes_total=10000"):
+        r.add("cam-1", chunks_of(b"z" * 10_001, 1, 1024)[3], 0.0)
+    assert r.frames_held == 0 and r.bytes_held == 0
 
 
 def test_resend_requests_exactly_the_missing_chunks_then_gives_up():

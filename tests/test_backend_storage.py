@@ -6,6 +6,7 @@ import errno
 import sqlite3
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lightnode import make_jpeg  # noqa: E402
 
 from backend import storage as storage_mod  # noqa: E402
-from backend.storage import Retention, Storage, StorageError  # noqa: E402
+from backend.storage import Retention, Storage, StorageError, StorageRejected  # noqa: E402
 
 T0 = 1763980000.25  # 2025-11-24 10:26:40.250 UTC
 
@@ -135,3 +136,74 @@ def test_index_failure_leaves_no_file_without_row(tmp_path, monkeypatch):
     s.db = real
     assert len([f for f in all_files(tmp_path) if f.endswith("Z_2.jpg")]) == 0
     assert s.reconcile()["indexed"] == 0
+
+
+def test_reused_frame_id_with_the_same_timestamp_never_overwrites_a_stored_frame(tmp_path):
+    s = Storage(tmp_path)
+    a, b = make_jpeg(seed=1), make_jpeg(seed=2)
+    first = s.store("cam-1", 7, a, crc=zlib.crc32(a), received_at=T0, captured_at=T0)
+    # Same node, same frame id, same capture time, other bytes: a node that lost its flash.
+    second = s.store("cam-1", 7, b, crc=zlib.crc32(b), received_at=T0, captured_at=T0)
+    assert first is not None and second is not None and first.path != second.path
+    assert (tmp_path / first.path).read_bytes() == a
+    assert (tmp_path / second.path).read_bytes() == b
+    assert sorted(f.path for f in s.frames("cam-1")) == sorted([first.path, second.path])
+    assert all_files(tmp_path) >= {first.path, second.path}
+    s.close()
+    # Both names survive a restart's reconcile as they are.
+    s = Storage(tmp_path)
+    assert s.reconcile() == {"indexed": 0, "dropped_rows": 0, "removed_tmp": 0, "skipped": 0}
+
+
+def test_a_file_already_at_the_frames_name_is_kept(tmp_path):
+    s = Storage(tmp_path)
+    squatter = tmp_path / "cam-1/2025-11-24/20251124T102640.250Z_7.jpg"
+    squatter.parent.mkdir(parents=True)
+    squatter.write_bytes(b"someone else's bytes")
+    jpeg = make_jpeg(seed=3)
+    got = put(s, "cam-1", 7, jpeg)
+    assert squatter.read_bytes() == b"someone else's bytes"
+    assert got.path != "cam-1/2025-11-24/20251124T102640.250Z_7.jpg"
+    assert (tmp_path / got.path).read_bytes() == jpeg
+
+
+def test_index_constraint_error_is_a_permanent_rejection_that_deletes_nothing_stored(tmp_path):
+    s = Storage(tmp_path)
+    a = make_jpeg(seed=1)
+    kept = put(s, "cam-1", 1, a)
+    # A row names the path the next frame will get, but its file is gone (deleted by hand
+    # while the service ran): the UNIQUE(path) constraint refuses the new row.
+    with s.db:
+        s.db.execute("INSERT INTO frames (node, frame_id, captured_at, received_at, taken_at, "
+                     "bytes, crc, path) VALUES ('cam-1', 2, ?, ?, ?, 1, 99, "
+                     "'cam-1/2025-11-24/20251124T102700.000Z_2.jpg')", (T0, T0, T0))
+    with pytest.raises(StorageRejected, match="frame 2 of node cam-1") as e:
+        s.store("cam-1", 2, make_jpeg(seed=2), crc=5, received_at=T0 + 20,
+                captured_at=T0 + 19.75)
+    assert not isinstance(e.value, StorageError)  # not the kind that is retried
+    assert (tmp_path / kept.path).read_bytes() == a
+    assert not (tmp_path / "cam-1/2025-11-24/20251124T102700.000Z_2.jpg").exists()
+    assert not [f for f in all_files(tmp_path) if ".tmp-" in f]
+
+
+def test_latest_jpg_stays_on_the_newest_frame_when_an_older_one_completes_late(tmp_path):
+    s = Storage(tmp_path)
+    new, old = make_jpeg(seed=1), make_jpeg(seed=2)
+    put(s, "cam-1", 9, new, T0 + 10)
+    put(s, "cam-1", 8, old, T0)
+    assert (tmp_path / "cam-1" / "latest.jpg").read_bytes() == new
+    assert s.latest("cam-1").frame_id == 9
+
+
+def test_temporary_files_do_not_look_like_jpegs(tmp_path, monkeypatch):
+    s = Storage(tmp_path)
+    seen: list[str] = []
+    real = storage_mod._write_all
+
+    def spy(fd, data):
+        seen.extend(p.name for p in tmp_path.rglob(".tmp-*"))
+        real(fd, data)
+
+    monkeypatch.setattr(storage_mod, "_write_all", spy)
+    put(s, "cam-1", 1, make_jpeg(seed=1))
+    assert seen and not [n for n in seen if n.endswith(".jpg")]

@@ -9,10 +9,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from compose import ROOT, load, mounts  # noqa: E402
+from compose import ROOT, load, mounts, substitute  # noqa: E402
 
 from backend import config  # noqa: E402
-from backend.brokerusers import BACKEND_USER, ENV_PASSWORDS, HA_USER  # noqa: E402
+from backend.brokerusers import (  # noqa: E402
+    BACKEND_USER,
+    CLI_USER,
+    ENV_PASSWORDS,
+    HEALTH_USER,
+    SERVICE_USERS,
+)
 
 
 def conf_settings(path: Path) -> dict[str, list[str]]:
@@ -67,10 +73,24 @@ def test_broker_gets_the_projects_config_read_only_and_what_it_names_is_mounted(
     assert conf["listener"] == ["1883"]
 
 
+def test_the_broker_makes_user_names_client_ids_on_every_listener():
+    """Otherwise any password lets a client take over another's client id (and session)."""
+    text = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+    lines = [ln.strip() for ln in text.splitlines()]
+    listeners = [i for i, ln in enumerate(lines) if re.match(r"#?listener \d+", ln)]
+    assert len(listeners) == 2  # 1883, and the TLS one to uncomment
+    for i in listeners:
+        commented = lines[i].startswith("#")
+        block = lines[i + 1:next((j for j in listeners if j > i), len(lines))]
+        assert ("#" if commented else "") + "use_username_as_clientid true" in block, lines[i]
+    # Not for ./run's anonymous local broker: anonymous clients have no user name.
+    assert "use_username_as_clientid" not in (ROOT / "deploy/mosquitto/local.conf").read_text()
+
+
 def test_acl_names_the_users_broker_users_makes_and_confines_nodes_by_user_name():
     acl = (ROOT / "deploy/mosquitto/espcam.acl").read_text()
     users = re.findall(r"^user (\S+)$", acl, re.M)
-    assert users == [BACKEND_USER, HA_USER]
+    assert users == list(SERVICE_USERS)
     patterns = re.findall(r"^pattern (\w+) (\S+)$", acl, re.M)
     assert patterns and all("espcam/%u/" in t for _, t in patterns)
     assert ("read", "espcam/%u/cmd") in patterns
@@ -81,18 +101,44 @@ def test_acl_names_the_users_broker_users_makes_and_confines_nodes_by_user_name(
 def test_backend_runs_espcam_serve_configured_by_environment_with_a_healthcheck():
     b = load()["services"]["backend"]
     assert b["build"] == "." and (ROOT / "Dockerfile").is_file()
-    assert b["command"] == ["espcam", "serve"]
     env = b["environment"]
     known = {f"ESPCAM_{name.upper()}" for name in config.TYPES}
-    assert set(env) <= known, set(env) - known
-    assert env["ESPCAM_USERNAME"] == BACKEND_USER
-    assert "ESPCAM_BACKEND_PASSWORD" in env["ESPCAM_PASSWORD"]
-    assert set(ENV_PASSWORDS) >= {"ESPCAM_BACKEND_PASSWORD"}
+    ours = {k for k in env if k.startswith("ESPCAM_")}
+    assert ours <= known, ours - known
+    # Every ${VAR} is a password `espcam broker-users` writes to .env (all but Home
+    # Assistant's, which is typed into Home Assistant).
+    referenced = {m for v in env.values() for m in re.findall(r"\$\{(\w+)", str(v))}
+    assert referenced == set(ENV_PASSWORDS) - {"HA_MQTT_PASSWORD"}
     assert env["ESPCAM_BROKER"] == "mosquitto:1883"
+
+    def login(shell: str, variables: dict[str, str]) -> tuple[str, str, str]:
+        """(user, .env variable of its password, espcam command) of a shell command line."""
+        m = re.fullmatch(r'ESPCAM_USERNAME=(\S+) ESPCAM_PASSWORD="\$(\w+)" exec espcam (\w+)',
+                         substitute(shell, {}))
+        assert m, shell
+        source = re.fullmatch(r"\$\{(\w+)(:\?.*)?\}", str(variables[m.group(2)]))
+        assert source, variables[m.group(2)]
+        return m.group(1), source.group(1), m.group(3)
+
+    # Each program has a user of its own (the broker makes user names client ids): the
+    # environment is the espcam commands', serve and the healthcheck switch to theirs.
+    def password_var(user: str) -> str:
+        return next(var for var, u in ENV_PASSWORDS.items() if u == user)
+
+    assert env["ESPCAM_USERNAME"] == CLI_USER
+    assert env["ESPCAM_PASSWORD"].startswith("${" + password_var(CLI_USER) + ":?")
+    assert b["command"][:2] == ["sh", "-c"] and len(b["command"]) == 3
+    assert login(b["command"][2], env) == (BACKEND_USER, password_var(BACKEND_USER), "serve")
     data = env["ESPCAM_DATA_DIR"]
     assert any(src == "espcam-data" and target == data for src, target, _ in mounts(b))
     hc = b["healthcheck"]
-    assert hc["test"][:2] == ["CMD", "espcam"] and {"interval", "timeout", "retries"} <= set(hc)
+    assert hc["test"][0] == "CMD-SHELL" and len(hc["test"]) == 2
+    assert login(hc["test"][1], env) == (HEALTH_USER, password_var(HEALTH_USER), "health")
+    assert {"interval", "timeout", "retries"} <= set(hc)
+    # The image's own healthcheck (docker run) is the same command.
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    m = re.search(r"^HEALTHCHECK .*? CMD (.+)$", dockerfile, re.M)
+    assert m and m.group(1).strip() == substitute(hc["test"][1], {})
 
 
 def test_dockerfile_slim_non_root_data_volume():

@@ -12,9 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from e2e_helpers import (  # noqa: E402
+    NO_ANSWER,
     OK,
     PIN_FLASH,
     QUEUED,
+    REFUSED,
     Serve,
     backend_online,
     captured,
@@ -137,3 +139,46 @@ def test_command_to_a_sleeping_node_is_queued_and_runs_on_wake(broker, observer,
     assert [r[1] for r in rows] == [fid]
     assert (serve.data_dir / rows[0][4]).read_bytes() == captured(node)[fid]
     assert node.boots == 2  # power-on, then the timer wake
+
+
+def test_refused_by_the_node_exits_3_with_the_nodes_reason(broker, observer, serve, cli,
+                                                           make_node):
+    node = make_node("cam-nocam")
+    observer.topic("espcam/cam-nocam/availability", 30, payload=b"online")
+    node.camera_fail(True)
+    r = cli("capture", "cam-nocam")
+    assert r.returncode == REFUSED, r.stdout + r.stderr
+    assert r.stdout.startswith("refused: camera:"), r.stdout
+    assert node.captures() == [] and node.status == "running"
+    node.camera_fail(False)  # the node keeps running and answers the next command
+    r = cli("capture", "cam-nocam", "--wait-frame")
+    assert r.returncode == OK, r.stdout + r.stderr
+
+
+def test_reboot_from_the_cli_resets_the_node_which_comes_back(broker, observer, serve, cli,
+                                                              make_node):
+    node = make_node("cam-rb")
+    observer.topic("espcam/cam-rb/availability", 30, payload=b"online")
+    start = observer.mark()
+    r = cli("reboot", "cam-rb")
+    assert r.returncode == OK and r.stdout.startswith("done: reboot"), r.stdout + r.stderr
+    node.wait_boots(2)
+    gone = observer.topic("espcam/cam-rb/availability", 30, start, payload=b"offline")
+    back = observer.topic("espcam/cam-rb/availability", 30, observer.msgs.index(gone) + 1,
+                          payload=b"online")
+    assert back is not None
+    r = cli("status", "cam-rb")  # answering again, after a reset (uptime from zero)
+    assert r.returncode == OK, r.stdout + r.stderr
+    state = json.loads(r.stdout.split("\n", 1)[1])
+    assert state["reset_cause"] != "power_on"
+    assert node.boots == 2
+
+
+def test_capture_wait_frame_without_a_backend_exits_5(broker, observer, make_node, tmp_path):
+    node = make_node("cam-alone")
+    observer.topic("espcam/cam-alone/availability", 30, payload=b"online")
+    r = espcam(broker, tmp_path / "data", "capture", "cam-alone", "--wait-frame", timeout=3)
+    assert r.returncode == NO_ANSWER, r.stdout + r.stderr
+    assert "captured frame 1, but it was not stored within 3s" in r.stdout, r.stdout
+    assert "espcam serve" in r.stdout
+    assert len(node.captures()) == 1

@@ -17,6 +17,7 @@ from hatemplate import (  # noqa: E402
     ABBREVIATIONS,
     DEVICE_ABBREVIATIONS,
     ORIGIN_ABBREVIATIONS,
+    available,
     expand,
     render,
 )
@@ -207,6 +208,36 @@ def test_states_read_back_from_the_state_document(doc):
     assert render(c["value_template"], off) == c["payload_off"]
 
 
+def test_flash_light_reads_the_nodes_state_document(doc):
+    """The light shows the LED as the node says it is (docs/protocol.md, state document
+    `flash`), not the last ack: the node republishes its state when a pulse ends and before a
+    deep sleep, with `"flash": "off"`."""
+    c = expand(doc["cmps"]["flash"])
+    assert c["state_topic"] == f"espcam/{NODE}/state"
+    on = json.dumps({**STATE, "flash": "on"})
+    off = json.dumps({**STATE, "flash": "off", "sleep_until": 1763990000})  # before sleeping
+    assert render(c["state_template"], on) == "on"
+    assert render(c["state_template"], off) == "off"
+    # A node that does not report its LED: unknown (Home Assistant's `None`), not a guess.
+    assert render(c["state_template"], json.dumps(STATE)) == "None"
+    assert render(c["state_template"], json.dumps({**STATE, "flash": "pulse"})) == "None"
+    assert render(c["state_template"], "") == "None"  # the topic cleared by `espcam forget`
+
+
+@pytest.mark.parametrize("payload, shown", [
+    (b"online", True), (b"sleeping", True), (b"offline", False),
+    (b"", False),  # `espcam forget` clears the retained availability with an empty payload
+    (b"garbage", False), (b"Online", False), (None, False)])
+def test_node_availability_is_online_or_sleeping_and_nothing_else(doc, payload, shown):
+    for key in ("camera", "capture", "flash", "interval", "rssi"):
+        assert available(doc["cmps"][key], doc, {
+            "espcam/_backend/availability": b"online",
+            f"espcam/{NODE}/availability": payload}) is shown, key
+    # The backend's own figures follow the backend only.
+    assert available(doc["cmps"]["frames_stored"], doc, {
+        "espcam/_backend/availability": b"online", f"espcam/{NODE}/availability": payload})
+
+
 # -- a running backend ---------------------------------------------------------------------
 
 @pytest.fixture
@@ -225,13 +256,6 @@ def retained_json(broker, topic: str) -> dict:
     payload = retained(broker.host, broker.port, topic)
     assert payload, f"nothing retained on {topic}"
     return json.loads(payload)
-
-
-@pytest.fixture
-def everything(broker):
-    o = Observer(broker.host, broker.port, "#")
-    yield o
-    o.close()
 
 
 def test_backend_publishes_discovery_retained_with_ids_stable_across_restarts(broker, settings,

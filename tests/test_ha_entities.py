@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import paho.mqtt.client as mqtt  # noqa: E402
 from hatemplate import available, expand, render  # noqa: E402
 from observer import Observer  # noqa: E402
 
@@ -20,13 +21,6 @@ from backend.config import Settings  # noqa: E402
 from backend.subscriber import Backend  # noqa: E402
 
 NODE = "cam-ha"
-
-
-@pytest.fixture
-def everything(broker):
-    o = Observer(broker.host, broker.port, "#")
-    yield o
-    o.close()
 
 
 @pytest.fixture
@@ -82,11 +76,17 @@ class HomeAssistant:
         return render(tpl, msg.payload.decode())
 
     def retained(self) -> dict[str, bytes | None]:
-        """The latest payload of every topic seen (what a subscriber holds)."""
+        """The latest payload of every topic seen (what a subscriber holds; an empty message
+        is a message too)."""
         out: dict[str, bytes | None] = {}
         for m in self.obs.msgs:
-            out[m.topic] = m.payload or None
+            out[m.topic] = m.payload
         return out
+
+    def light(self, key: str = "flash") -> str:
+        """The light's state now: its template on the last payload of its state topic."""
+        c = self.comp(key)
+        return render(c["state_template"], (self.retained()[c["state_topic"]] or b"").decode())
 
     def available(self, key: str = "camera") -> bool:
         return available(self.doc["cmps"][key], self.doc, self.retained())
@@ -110,15 +110,14 @@ def test_buttons_light_and_settings_reach_the_node(make_node, backend, everythin
     assert int(ha.state("frames_stored", mark, lambda s: int(s) >= 1)) >= 1
     assert ha.state("last_capture", mark, lambda s: s not in ("", "None"))
 
-    # Flash light: the flash pin follows, and the light's state comes back as on / off.
+    # Flash light: the flash pin follows. (Its state comes from the node's state document:
+    # test_flash_light_follows_the_node_not_the_ack.)
     mark = ha.set("flash", "on")
     assert ha.ack("flash", mark)["ok"]
     assert node.pins().get(4) == 1
-    assert ha.state("flash", mark, lambda s: s == "on") == "on"
     mark = ha.set("flash", "off")
     assert ha.ack("flash", mark)["ok"]
     assert node.pins().get(4, 0) == 0
-    assert ha.state("flash", mark, lambda s: s == "off") == "off"
 
     # Settings: the node applies them and its state document shows them to Home Assistant.
     for key, value, shown in (("interval", 30, "30"), ("quality", 55, "55"),
@@ -168,6 +167,13 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
     try:
         everything.topic("espcam/_backend/availability", start=mark, payload=b"online")
         assert ha.available("camera")
+        # Not `online` or `sleeping` is not available: the empty retained payload that
+        # `espcam forget` clears the topic with, and anything garbled.
+        for payload in (b"", b"garbage"):
+            mark = everything.mark()
+            everything.c.publish(f"espcam/{NODE}/availability", payload, qos=1, retain=True)
+            everything.topic(f"espcam/{NODE}/availability", start=mark, payload=payload)
+            assert not ha.available("camera") and not ha.available("capture"), payload
         # The node vanishes (power cut while awake): the broker publishes its will.
         node.stop()
         node.start()
@@ -180,3 +186,55 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
         assert ha.available("frames_stored")  # the backend's own figures stay available
     finally:
         backend.stop()
+
+
+def test_flash_light_follows_the_node_not_the_ack(broker, backend, everything):
+    """The documented payloads of a flash pulse and a sleep (docs/protocol.md): the node acks
+    `{"flash": "on"}`, publishes its state with `"flash": "on"`, and with `"flash": "off"` when
+    the pulse ends (or before a deep sleep). Home Assistant's light shows off, whatever the ack
+    said, and whatever the backend kept."""
+    node = "cam-pulse"
+    cam = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=node)
+    cam.connect(broker.host, broker.port)
+    cam.loop_start()
+    try:
+        state = {"proto": 1, "node": node, "app": "0.1.0", "fw": "1.24.1", "driver": "camera",
+                 "mac": "24:0a:c4:00:00:01", "rssi": -60, "heap_free": 80000, "uptime": 5.0,
+                 "time": 1763980000, "reset_cause": "power_on", "wake": "none", "frame": 0,
+                 "camera": "ok", "chunk_size": 4096, "sleep_until": None, "flash": "off",
+                 "settings": {"interval": 0, "frame_size": "VGA", "quality": 80,
+                              "flash_on_capture": False, "sleep_interval": 0, "awake": 5,
+                              "motion_cooldown": 10, "motion": False}}
+
+        def publish(kind: str, doc: dict | str) -> None:
+            payload = doc if isinstance(doc, str) else json.dumps(doc)
+            cam.publish(f"espcam/{node}/{kind}", payload, qos=1,
+                        retain=kind in ("availability", "state")).wait_for_publish(10)
+
+        publish("availability", "online")
+        publish("state", state)
+        ha = HomeAssistant(everything, node)
+        assert ha.state("flash") == "off"
+        # Home Assistant turns the light on; the node acks and says so in its state.
+        mark = ha.set("flash", "on")
+        publish("ack", {"id": "ha-flash", "cmd": "flash", "ok": True,
+                        "result": {"flash": "on"}})
+        publish("state", {**state, "flash": "on", "uptime": 6.0})
+        assert ha.state("flash", mark, lambda s: s == "on") == "on"
+        # A pulse from the CLI: acked "on", and the LED goes off by itself 200 ms later.
+        mark = everything.mark()
+        publish("ack", {"id": "p1", "cmd": "flash", "ok": True, "result": {"flash": "on"}})
+        publish("state", {**state, "flash": "on", "uptime": 7.0})
+        publish("state", {**state, "flash": "off", "uptime": 7.2})
+        everything.wait(lambda m: m.topic == f"espcam/{node}/state"
+                        and b'"uptime": 7.2' in m.payload, start=mark)
+        assert ha.light() == "off" and ha.available("flash")
+        # Before a deep sleep: the state with the LED off and sleep_until, then `sleeping`.
+        publish("state", {**state, "flash": "on", "uptime": 8.0})
+        publish("state", {**state, "flash": "off", "uptime": 9.0, "sleep_until": 1763990000})
+        publish("availability", "sleeping")
+        everything.topic(f"espcam/{node}/availability", payload=b"sleeping")
+        assert ha.light() == "off" and ha.available("flash")
+    finally:
+        cam.loop_stop()
+        cam.disconnect()

@@ -21,11 +21,6 @@ from backend.subscriber import Backend  # noqa: E402
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def settings(broker, data_dir):
     return Settings(broker=broker.url, data_dir=str(data_dir), client_id="backend-forget")
 

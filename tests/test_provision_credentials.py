@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import uuid
@@ -10,7 +11,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
-from provision_helpers import auth_broker_config, cli
+from provision_helpers import ROOT, auth_broker_config, cli, cli_process
 
 from provision import ProvisionError, credentials
 
@@ -129,3 +130,64 @@ def test_provision_checks_its_input_before_touching_the_password_file(tmp_path, 
         )
         assert why in capsys.readouterr().err
     assert not passwd.exists()
+
+
+def checkout(folder, with_broker_setup: bool):
+    """A copy of the provision package in a checkout-like folder, with or without the broker
+    setup (deploy/mosquitto/mosquitto.conf) the default files belong next to."""
+    shutil.copytree(ROOT / "provision", folder / "provision",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    if with_broker_setup:
+        (folder / "deploy" / "mosquitto").mkdir(parents=True)
+        (folder / "deploy" / "mosquitto" / "mosquitto.conf").write_text("# the broker's\n")
+    return folder
+
+
+def test_default_files_go_to_the_checkout_not_the_current_directory(tmp_path):
+    repo = checkout(tmp_path / "repo", with_broker_setup=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = cli_process("provision", "cam-d", "--wifi-ssid", "home", "--broker", "10.0.0.2",
+                       root=repo, cwd=elsewhere)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "cam-d" in credentials.read_users(repo / "deploy" / "mosquitto" / "passwd")
+    cfg = json.loads((repo / "deploy" / "nodes" / "cam-d.json").read_text())
+    assert cfg["broker"]["user"] == "cam-d"
+    assert list(elsewhere.iterdir()) == []
+
+    # Installed without the broker setup beside it: no place for the defaults, so refused.
+    bare = checkout(tmp_path / "bare", with_broker_setup=False)
+    proc = cli_process("provision", "cam-d", "--wifi-ssid", "home", "--broker", "10.0.0.2",
+                       root=bare, cwd=elsewhere)  # fmt: skip
+    assert proc.returncode == 1
+    assert "mosquitto.conf is missing" in proc.stderr and "--passwd-file" in proc.stderr
+    assert not (bare / "deploy").exists() and list(elsewhere.iterdir()) == []
+
+
+def test_a_new_password_file_is_made_only_next_to_a_broker_config(tmp_path, capsys):
+    passwd = tmp_path / "typo" / "passwd"
+    argv = ["provision", "cam-n", "--wifi-ssid", "home", "--broker", "10.0.0.2",
+            "--passwd-file", str(passwd), "--config-out", str(tmp_path / "cam-n.json")]  # fmt: skip
+    assert cli(*argv) == 1
+    assert "there is no mosquitto.conf next to it" in capsys.readouterr().err
+    assert not passwd.parent.exists() and not (tmp_path / "cam-n.json").exists()
+    passwd.parent.mkdir()
+    (passwd.parent / "mosquitto.conf").write_text("password_file passwd\n")
+    assert cli(*argv) == 0
+    assert "cam-n" in credentials.read_users(passwd)
+
+
+def test_settings_the_shipped_acl_refuses_are_warned_about(tmp_path, capsys):
+    passwd = tmp_path / "passwd"
+    credentials.add_user(passwd, "admin", "admin-pw")
+    base = ["--wifi-ssid", "home", "--broker", "10.0.0.2", "--passwd-file", str(passwd)]
+    assert cli("provision", "cam-a", *base, "--config-out", str(tmp_path / "a.json")) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert cli("provision", "cam-b", *base, "--config-out", str(tmp_path / "b.json"),
+               "--mqtt-user", "garden", "--prefix", "home/cams") == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "warning: broker user 'garden' is not the node id 'cam-b'" in out
+    assert "warning: prefix 'home/cams' is not 'espcam'" in out
+    assert "espcam.acl" in out
+    # Still done: a broker with its own ACL may want exactly this.
+    assert "garden" in credentials.read_users(passwd)

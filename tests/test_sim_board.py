@@ -252,16 +252,22 @@ def test_wlan_connects_and_reports_the_ap_going_away(simdir: Path) -> None:
         w.connect("home", "wrong")
         os.remove("/".join((os.getenv("ESPCAM_SIM_DIR"), "ctl", "wifi_down")))
         print("badpw", w.isconnected(), w.status() == network.STAT_WRONG_PASSWORD)
+        try:
+            w.connect("other", "secret")      # the failed attempt is still alive
+        except OSError as e:
+            print("refused", e)
+        w.disconnect()
         w.connect("other", "secret")
         print("noap", w.status() == network.STAT_NO_AP_FOUND)
         """,
     )
-    assert out.split("\n")[:6] == [
+    assert out.split("\n")[:7] == [
         "idle True False",
         "up True True 127.0.0.1",
         "rssi True True",
         "down False True",
         "badpw False True",
+        "refused Wifi Internal State Error",
         "noap True",
     ]
 
@@ -297,3 +303,98 @@ def test_jpeg_of_size() -> None:
     data = jpeg_of_size(60_000, seed=3)
     assert abs(len(data) - 60_000) < 3_000
     assert Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+def test_deepsleep_refuses_more_than_a_32_bit_int_of_ms_like_the_esp32(simdir: Path) -> None:
+    out = mpy(
+        simdir,
+        """
+        import machine
+        try:
+            machine.deepsleep(2 ** 31)
+        except OverflowError as e:
+            print("refused", e)
+        """,
+    )
+    assert out.startswith("refused overflow converting long int to machine word")
+    assert not (simdir / "exit.json").exists()
+
+
+def test_class_camera_deinit_takes_back_the_held_buffer(simdir: Path) -> None:
+    write_sim(simdir, "class")
+    out = mpy(
+        simdir,
+        """
+        from camera import Camera, FrameSize, PixelFormat
+        cam = Camera(pixel_format=PixelFormat.JPEG, frame_size=FrameSize.QVGA, jpeg_quality=80)
+        held = cam.capture()
+        copy = bytes(held)
+        cam.deinit()
+        print("stale", bytes(held) != copy)
+        cam.init()
+        cam.quality = 42                 # the property of current releases
+        print("quality", cam.quality, cam.get_quality())
+        cam.set_quality(43)              # the deprecated method still works
+        print("quality", cam.quality)
+        """,
+    )
+    assert out.split("\n")[:3] == ["stale True", "quality 42 42", "quality 43"]
+
+
+def test_module_camera_state_outlives_the_interpreter_until_deinit(simdir: Path) -> None:
+    code = """
+        import camera
+        try:
+            print("init", camera.init(0, format=camera.JPEG))
+        except OSError as e:
+            print("init", e)
+        """
+    assert mpy(simdir, code).strip() == "init True"
+    # A new interpreter (a soft reset) finds the driver still set up by the previous one.
+    assert mpy(simdir, code).strip() == "init Camera Init Failed"
+    out = mpy(
+        simdir,
+        """
+        import camera
+        camera.deinit()
+        print("init", camera.init(0, format=camera.JPEG))
+        """,
+    )
+    assert out.strip() == "init True"
+
+
+def test_a_stuck_camera_fails_only_in_a_boot_after_a_soft_reset(simdir: Path) -> None:
+    (simdir / "ctl" / "camera_stuck").touch()
+    code = """
+        import camera
+        camera.deinit()
+        try:
+            print("init", camera.init(0, format=camera.JPEG))
+        except OSError as e:
+            print("init", e)
+        """
+    (simdir / "boot.json").write_text(json.dumps({"reset_cause": 5, "wake_reason": 0}))
+    assert mpy(simdir, code).strip() == "init Camera Init Failed"
+    (simdir / "boot.json").write_text(json.dumps({"reset_cause": 2, "wake_reason": 0}))
+    assert mpy(simdir, code).strip() == "init True"
+
+
+def test_pir_high_raises_input_pins_and_captures_record_the_flash(simdir: Path) -> None:
+    out = mpy(
+        simdir,
+        """
+        import camera, machine, os
+        pir = machine.Pin(13, machine.Pin.IN)
+        print("pir", pir.value())
+        open("/".join((os.getenv("ESPCAM_SIM_DIR"), "ctl", "pir_high")), "w").close()
+        print("pir", pir.value())
+        camera.init(0, format=camera.JPEG)
+        camera.capture()
+        machine.Pin(4, machine.Pin.OUT, value=1)
+        camera.capture()
+        """,
+    )
+    assert out.split("\n")[:2] == ["pir 0", "pir 1"]
+    flash = [json.loads(p.read_text())["flash"]
+             for p in sorted((simdir / "captures").glob("*.json"))]
+    assert flash == [0, 1]

@@ -191,3 +191,36 @@ def test_kill_and_stop_end_the_process(tmp_path, nodes) -> None:
     node.stop()
     assert proc is not None and proc.poll() is not None
     assert node.status == "stopped"
+
+
+def test_soft_reset_restarts_the_interpreter_and_keeps_rtc_memory(tmp_path, nodes) -> None:
+    node = make_node(
+        tmp_path,
+        """
+        import time
+        while n == 0:
+            time.sleep_ms(20)
+        """,
+    )
+    nodes.append(node.start())
+    node.wait_for(lambda: boots(node))
+    node.soft_reset()
+    node.wait_status("exited")
+    assert boots(node) == [(1, 0, 0), (5, 0, 1)]
+
+
+def test_a_level_high_ext0_wakes_at_once_while_the_pir_is_high(tmp_path, nodes) -> None:
+    node = make_node(
+        tmp_path,
+        """
+        import esp32
+        if n == 0:
+            esp32.wake_on_ext0(pin=machine.Pin(13, machine.Pin.IN), level=esp32.WAKEUP_ANY_HIGH)
+            machine.deepsleep(600000)
+        """,
+    )
+    node.pir_high(True)
+    nodes.append(node.start())
+    node.wait_status("exited")
+    assert boots(node) == [(1, 0, 0), (4, 2, 1)]
+    assert node.sleeps == [{"ms": 600000, "ext0": 13, "held": {}}]

@@ -5,11 +5,17 @@
 #   "class":  cnadler86/micropython-camera-API: Camera(...), capture() -> memoryview into the
 #             driver's frame buffer (overwritten by the next capture) or None.
 # Frames are the JPEG files of sim.json "images" (sorted, cycled). Every frame handed to the
-# app is first copied to <ESPCAM_SIM_DIR>/captures/<6-digit seq>.jpg. A file ctl/camera_fail
-# makes init and capture fail like a camera with a loose ribbon cable.
+# app is first copied to <ESPCAM_SIM_DIR>/captures/<6-digit seq>.jpg, with the flash LED's
+# level at that moment in <seq>.json. A file ctl/camera_fail makes init and capture fail like
+# a camera with a loose ribbon cable; ctl/camera_stuck makes init fail in a boot that followed a
+# soft reset, like boards whose sensor only probes again after the chip is reset. The module
+# driver's C state outlives a soft reset (file camera.on, removed by the runner at every chip
+# reset): init() then fails until deinit() is called.
+import json
 import os
 
 import _simboard as _sb
+import machine
 
 _API = _sb.cfg().get("camera_api", "module")
 _files = None
@@ -42,6 +48,8 @@ def _next_seq():
 
 def _record(seq, buf):
     _sb.write_atomic(_sb.path("captures", "%06d.jpg" % seq), buf)
+    _sb.write_atomic(_sb.path("captures", "%06d.json" % seq),
+                     json.dumps({"flash": machine.Pin(4).value()}))
 
 
 def _max_image_size():
@@ -50,6 +58,10 @@ def _max_image_size():
 
 def _failing():
     return _sb.ctl("camera_fail")
+
+
+def _stuck():
+    return _sb.ctl("camera_stuck") and machine.reset_cause() == machine.SOFT_RESET
 
 
 if _API == "class":
@@ -135,15 +147,23 @@ if _API == "class":
         def init(self):
             if self._on:
                 return
-            if _failing():
+            if _failing() or _stuck():
                 raise OSError("Failed to capture initial frame. Run reconfigure().")
             if self._buf is None:
                 self._buf = bytearray(_max_image_size())
             self._on = True
 
         def deinit(self):
+            # The driver gives its frame buffer back: a memoryview still held by the app now
+            # shows other bytes, so a stale frame is caught by any test comparing bytes.
             self._on = False
             self._held = False
+            if self._buf is not None:
+                z = bytes(256)
+                mv = memoryview(self._buf)
+                for i in range(0, len(self._buf), 256):
+                    n = min(256, len(self._buf) - i)
+                    mv[i:i + n] = z[:n]
 
         def __enter__(self):
             return self
@@ -191,14 +211,22 @@ if _API == "class":
                 self._fb_count = min(2, max(1, fb_count))
             self.init()
 
-        def get_quality(self):
+        @property
+        def quality(self):
             return self._quality
 
-        def set_quality(self, q):
+        @quality.setter
+        def quality(self, q):
             self._check()
             if not 0 <= q <= 100:
                 raise ValueError("Invalid setting for quality")
             self._quality = q
+
+        def get_quality(self):   # deprecated by the driver in favour of the property
+            return self._quality
+
+        def set_quality(self, q):
+            self.quality = q
 
         def get_frame_size(self):
             return self._frame_size
@@ -280,16 +308,21 @@ else:
             raise ValueError("xclk frequency is not valid")
         if format != JPEG:
             raise ValueError("simulated camera only produces JPEG")
-        if _failing():
+        if _failing() or _stuck() or (not _on and _sb.exists(_sb.path("camera.on"))):
             raise OSError("Camera Init Failed")
         _framesize = framesize
         _quality = quality
         _on = True
+        _sb.write_atomic(_sb.path("camera.on"), "1")
         return True
 
     def deinit():
         global _on
         _on = False
+        try:
+            os.remove(_sb.path("camera.on"))
+        except OSError:
+            pass
         return True
 
     def capture():

@@ -99,6 +99,8 @@ class Pin:
     def value(self, v=None):
         i = self._id
         if v is None:
+            if _modes.get(i) == Pin.IN and _sb.ctl("pir_high"):
+                return 1   # the PIR output held high (SimNode.pir_high)
             return _levels.get(i, 0)
         if _held.get(i):
             return None
@@ -174,9 +176,15 @@ def lightsleep(time_ms=0):
 sleep = lightsleep
 
 
+# The ESP32 port parses deepsleep's argument into a C int: 32 bits on the chip.
+_INT_MAX = 2147483647
+
+
 def deepsleep(time_ms=0):
     # Never returns: the runner restarts the node after time_ms (timer wake) or, if ext0 wake
     # was armed through esp32.wake_on_ext0, earlier on injected motion (pin wake).
+    if not -_INT_MAX - 1 <= time_ms <= _INT_MAX:
+        raise OverflowError("overflow converting long int to machine word")
     try:
         import esp32
         ext0, level = esp32._ext0

@@ -1,9 +1,9 @@
 # Host stand-in for the `network` module of MicroPython's ESP32 port: one station interface.
 # The simulated access point is sim.json "wifi" {"ssid", "password"}; connecting takes
 # sim.json "wifi_connect_ms" (default 300). While the file ctl/wifi_down exists the AP is gone:
-# connect() does not succeed (status STAT_NO_AP_FOUND) and isconnected() is False. The
-# interface reports the loopback address, since the broker is reached over loopback.
-# Note: only what WLAN reports changes; open sockets keep working (see docs/simulator.md).
+# connect() does not succeed (status STAT_NO_AP_FOUND) and isconnected() is False; the runner's
+# link proxy stops carrying the node's open connections (see docs/simulator.md). The interface
+# reports the loopback address, since the broker is reached over loopback.
 import time
 
 import _simboard as _sb
@@ -66,6 +66,10 @@ class WLAN:
     def connect(self, ssid=None, key=None, *, bssid=None):
         if not self._active:
             raise OSError("Wifi Not Started")
+        if self._want is not None and self.status() != STAT_GOT_IP:
+            # The ESP32 driver refuses a new connect() while an earlier attempt is still alive
+            # (failing or in progress) until disconnect() ends it.
+            raise OSError("Wifi Internal State Error")
         self._want = (ssid, key or "")
         self._t0 = time.ticks_ms()
 

@@ -1,14 +1,22 @@
-# Runs ON MicroPython: heap allocated while chunking frames of different sizes with the node's
-# Sender. Prints "<frame bytes> <chunks> <bytes allocated>" per size, then "done".
+# Runs ON MicroPython: heap allocated while publishing frames of different sizes through the
+# node's real Sender and Link to a real broker (argv: host port). Prints
+# "<frame bytes> <chunks> <bytes allocated>" per size, then "done".
 import gc
+import sys
 
 from espcam import frames
-from mqttsink import PacketLink
+from espcam.link import Link
 
-sender = frames.Sender(4096, "espcam/t/frame")
-link = PacketLink(keep=False)   # publishing costs nothing: we measure the chunking itself
-for n in (10240, 61440, 204800):
-    frame = frames.Frame(1, bytearray(n), b'{"trigger":"boot"}')
+cfg = {"broker": {"host": sys.argv[1], "port": int(sys.argv[2])}, "node_id": "alloc-check",
+       "prefix": "espcam", "socket_timeout": 10, "keepalive": 60}
+link = Link(cfg, lambda t, m: None)
+link.connect()
+sender = frames.Sender(4096, link.topic("frame"))
+meta = frames.meta_json(1763980000.25, 1234, "interval", "VGA", 80, "timer", None)
+fid = 0
+for n in (10240, 10240, 204800, 10240, 204800):
+    fid += 1
+    frame = frames.Frame(fid, bytearray(n), meta)
     gc.collect()
     gc.disable()
     before = gc.mem_alloc()
@@ -17,4 +25,5 @@ for n in (10240, 61440, 204800):
     gc.enable()
     print(n, chunks, used)
     frame = None
+link.close(goodbye=True)
 print("done")

@@ -1,6 +1,7 @@
 # Runs ON MicroPython: stands in for the node's MQTT link in protocol tests. It takes the
-# complete PUBLISH packets the node's Sender writes, checks their MQTT framing and keeps the
-# payloads, so the tests see exactly what a broker would be handed.
+# PUBLISH packets the node's Sender writes (head and payload, as Link.send_chunk gets them),
+# checks their MQTT framing and keeps the payloads, so the tests see exactly what a broker
+# would be handed.
 
 
 class PacketLink:
@@ -17,10 +18,10 @@ class PacketLink:
         self.pid = self.pid % 65535 + 1
         return self.pid
 
-    def send_packet(self, packet, pid):
+    def send_chunk(self, head, hoff, hlen, data, doff, dlen, pid):
         if not self.keep:
             return
-        b = bytes(packet)
+        b = bytes(head[hoff:hoff + hlen]) + bytes(memoryview(data)[doff:doff + dlen])
         qos = (b[0] >> 1) & 3
         if b[0] & 0xF0 != 0x30 or b[0] & 1 or qos != (1 if pid else 0):
             raise ValueError("bad PUBLISH fixed header %02x" % b[0])

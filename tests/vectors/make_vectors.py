@@ -91,12 +91,33 @@ def invalid_cases():
     ]
 
 
+# The protocol rule each invalid vector breaks (docs/protocol.md, "Frame chunks"), so that a
+# receiver's test can check it rejects the chunk for that reason and not another.
+RULES = {
+    "shorter than header": "header_length",
+    "bad magic": "magic",
+    "unknown version": "version",
+    "total_len zero": "total_len_range",
+    "total_len too large": "total_len_range",
+    "chunk_size too small": "chunk_size_range",
+    "chunk_size too large": "chunk_size_range",
+    "count disagrees": "count_matches",
+    "index beyond count": "index_below_count",
+    "payload too short": "payload_length",
+    "payload too long": "payload_length",
+    "meta_len beyond message": "meta_len_within_message",
+    "meta_len without meta flag": "meta_len_needs_flag",
+    "metadata on chunk other than 0": "meta_on_chunk_0_only",
+}
+
+
 def main() -> None:
     doc = {
         "protocol": 1,
         "about": "Frame chunk vectors for espcam protocol v1, see docs/protocol.md",
         "valid": valid_cases(),
-        "invalid": [{"name": n, "chunk_hex": c.hex()} for n, c in invalid_cases()],
+        "invalid": [{"name": n, "chunk_hex": c.hex(), "rule": RULES[n]}
+                    for n, c in invalid_cases()],
     }
     out = Path(__file__).with_name("chunks.json")
     out.write_text(json.dumps(doc, indent=1) + "\n")

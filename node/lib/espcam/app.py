@@ -13,6 +13,8 @@ STATE_EVERY_MS = 300000
 BACKOFF_MAX_MS = 60000
 DUTY_GIVE_UP_MS = 60000   # a duty-cycle node that cannot reach the broker goes back to sleep
 PENDING_MAX = 16
+DROPPED_MAX = 32          # dropped commands remembered, to be answered one by one
+PIR_RECHECK_S = 5         # a PIR output still high when going to sleep: look again after this
 
 
 def log(*args):
@@ -27,14 +29,21 @@ class Node:
         self.wake = hw.wake_reason() if self.reset_cause == "deepsleep" else "none"
         rtc = self._rtc_read()
         self.ids = frames.FrameIds(rtc)
+        # Kept in RTC memory, so deep sleep and resets do not forget them: the time of the last
+        # motion capture (time.time(), which runs on through deep sleep), whether the chip was
+        # already reset once to revive the camera, and the end of a sleep interrupted by a nap.
+        self.motion_at = rtc.get("mt")
+        self.cam_reset = rtc.get("cr") is True
+        self.until = rtc.get("until")
         self.link = Link(cfg, self._on_message)
         self.sender = frames.Sender(cfg["chunk_size"], self.link.topic("frame"))
         self.pending = []
-        self.dropped = 0
+        self.dropped = []
+        self.dropped_more = 0
         self.frame = None
+        self.why = None
         self.pulse_off_at = None
         self.next_interval = None
-        self.last_motion = None
         self.next_state = 0
         self.next_ping = 0
         self.duty_sleep_at = None
@@ -54,16 +63,25 @@ class Node:
             return {}
 
     def _rtc_write(self):
-        hw.rtc_save(json.dumps({"fid": self.ids.last, "res": self.ids.reserved}))
+        d = {"fid": self.ids.last, "res": self.ids.reserved, "cap": self.ids.captured}
+        if self.motion_at is not None:
+            d["mt"] = self.motion_at
+        if self.cam_reset:
+            d["cr"] = True
+        if self.until is not None:
+            d["until"] = self.until
+        hw.rtc_save(json.dumps(d))
 
     # -------------------------------------------------------------- messages in
 
     def _on_message(self, topic, msg):
         # Called from inside umqtt, possibly in the middle of our own publish: only queue here.
-        if len(self.pending) >= PENDING_MAX:
-            self.dropped += 1
-            return
-        self.pending.append(msg)
+        if len(self.pending) < PENDING_MAX:
+            self.pending.append(msg)
+        elif len(self.dropped) < DROPPED_MAX:
+            self.dropped.append(commands.names(msg))   # answered later, each with its own id
+        else:
+            self.dropped_more += 1
 
     def _ack(self, cid, cmd, ok, result=None, error=None):
         d = {"id": cid, "cmd": cmd, "ok": ok}
@@ -86,17 +104,28 @@ class Node:
             getattr(self, "cmd_" + cmd)(cid, arg)
         except commands.Refused as r:
             self._ack(cid, cmd, False, error=r.msg)
+        except Exception as e:
+            # A command that broke (a full flash, the heap, the connection) still gets its ack,
+            # unless umqtt was in the middle of a packet: then the loop closes the connection.
+            log("command", cmd, "failed:", repr(e))
+            if self.link.mid:
+                raise
+            if isinstance(e, MemoryError):
+                self.frame = None
+                gc.collect()
+            self._ack(cid, cmd, False, error="%s failed: %r" % (cmd, e))
 
     def cmd_capture(self, cid, arg):
         fid = self.capture("command", cid)
         if fid is None:
-            raise commands.Refused("camera: " + hw.camera_error)
+            raise commands.Refused(self.why)
         self._ack(cid, "capture", True, {"frame": fid})
 
     def cmd_flash(self, cid, arg):
         state, ms = arg
         hw.flash(state != "off")
         self.pulse_off_at = time.ticks_add(time.ticks_ms(), ms) if state == "pulse" else None
+        self.publish_state()
         self._ack(cid, "flash", True, {"flash": "off" if state == "off" else "on"})
 
     def cmd_sleep(self, cid, seconds):
@@ -104,14 +133,19 @@ class Node:
         self.sleep(seconds)
 
     def cmd_config(self, cid, changes):
+        # All or none: every value was checked by parse(); the new settings are saved first and
+        # applied only once they are on flash, so a failed save changes nothing.
         cfg = self.cfg
+        new = dict(cfg)
+        for k in changes:
+            new[k] = changes[k]
+        try:
+            config.save(new)
+        except OSError as e:
+            raise commands.Refused("could not save settings: %r" % (e,))
         old_fs, old_q = cfg["frame_size"], cfg["quality"]
         for k in changes:
             cfg[k] = changes[k]
-        try:
-            config.save(cfg)
-        except OSError as e:
-            raise commands.Refused("could not save settings: %r" % (e,))
         if cfg["frame_size"] != old_fs or cfg["quality"] != old_q:
             self.frame = None   # the class driver's reconfigure invalidates the held buffer
             gc.collect()
@@ -159,9 +193,17 @@ class Node:
         if cfg["flash_on_capture"] and not lit:
             hw.flash(False)
         if buf is None:
+            self.why = "camera: " + hw.camera_error
             log("capture failed:", hw.camera_error)
             self.publish_state()
             return None
+        if not self.sender.fits(len(buf)):
+            self.why = "frame of %d bytes needs more than 65535 chunks of %d bytes" % (
+                len(buf), self.sender.chunk_size)
+            log("capture dropped:", self.why)
+            return None
+        if trigger == "motion":
+            self.motion_at = time.time()
         fid = self.ids.next()
         self._rtc_write()
         meta = frames.meta_json(hw.unix_time(), time.ticks_diff(time.ticks_ms(), self.boot_ms),
@@ -188,8 +230,9 @@ class Node:
             "rssi": hw.wifi_rssi(), "heap_free": hw.heap_free(),
             "uptime": time.ticks_diff(time.ticks_ms(), self.boot_ms) / 1000,
             "time": hw.unix_time(), "reset_cause": self.reset_cause, "wake": self.wake,
-            "frame": self.ids.last, "camera": hw.camera_error, "chunk_size": cfg["chunk_size"],
-            "sleep_until": self.sleep_until, "settings": s,
+            "frame": self.ids.shown(), "camera": hw.camera_error, "chunk_size": cfg["chunk_size"],
+            "flash": "on" if hw.flash_is_on() else "off", "sleep_until": self.sleep_until,
+            "settings": s,
         }
 
     def publish_state(self):
@@ -200,8 +243,12 @@ class Node:
     # -------------------------------------------------------------- sleep
 
     def sleep(self, seconds):
+        cfg = self.cfg
+        end = time.time() + seconds
         now = hw.unix_time()
         self.sleep_until = now + seconds if now else None
+        hw.flash(False)   # off for the sleep, so the state published now says off
+        self.pulse_off_at = None
         if self.link.up:
             try:
                 self.publish_state()
@@ -211,9 +258,57 @@ class Node:
                 # Sleep all the same: a duty-cycle node must not drain its battery retrying.
                 log("could not say goodbye:", repr(e))
                 self.link.close()
-        self._rtc_write()
         log("deep sleep for", seconds, "s")
-        hw.deepsleep(seconds * 1000, self.cfg["pir_pin"])
+        try:
+            self.doze(end, seconds)
+        except Exception as e:
+            # The chip refused (hw has undone the pin holds): stay awake and reconnect.
+            log("deep sleep failed, staying awake:", repr(e))
+            self.sleep_until = None
+            self.until = None
+            self.duty_sleep_at = None
+            hw.camera_init(cfg["frame_size"], cfg["quality"])
+
+    def cooldown_left(self, now):
+        if self.motion_at is None:
+            return 0
+        return min(self.motion_at + self.cfg["motion_cooldown"] - now,
+                   self.cfg["motion_cooldown"])
+
+    def doze(self, end, left=None):
+        # Deep sleep until `end` (time.time() seconds). ext0 wakes on a level, so a PIR output
+        # still high would wake the chip at once, and within the motion cooldown a PIR wake
+        # would only be ignored: then sleep by timer until the PIR can be armed, and come back
+        # to sleep out the rest with it armed (run() does that before anything else).
+        pir = self.cfg["pir_pin"]
+        if left is None:
+            left = max(1, end - time.time())
+        arm = None
+        self.until = None
+        if pir is not None:
+            wait = self.cooldown_left(time.time())
+            if hw.pir_high(pir):
+                wait = max(wait, PIR_RECHECK_S)
+            if wait <= 0:
+                arm = pir
+            elif wait < left:
+                self.until = end
+                left = wait
+        self._rtc_write()
+        hw.deepsleep(int(left * 1000), arm)
+
+    def rest(self):
+        # A timer wake in the middle of a sleep (see doze): back to sleep at once, no Wi-Fi.
+        until, self.until = self.until, None
+        if until is None or self.reset_cause != "deepsleep" or self.wake != "timer":
+            return
+        if until - time.time() < 1:
+            return
+        log("back to sleep until", until)
+        try:
+            self.doze(until)
+        except Exception as e:
+            log("deep sleep failed, staying awake:", repr(e))
 
     # -------------------------------------------------------------- the loop
 
@@ -231,6 +326,9 @@ class Node:
             log("wifi up, ip", ip)
             if hw.unix_time() is None:
                 hw.sync_clock()
+        # The connection's objects live as long as it does: collect first, so that they land at
+        # the bottom of the heap instead of splitting the free space a frame needs.
+        gc.collect()
         self.link.connect()
         log("connected to", cfg["broker"]["host"], "as", cfg["node_id"])
         self.backoff = 1000
@@ -269,17 +367,21 @@ class Node:
         self.link.wait(wait)
         while self.pending:
             self._handle(self.pending.pop(0))
-        if self.dropped:
-            n, self.dropped = self.dropped, 0
-            self._ack(None, None, False, error="%d commands dropped: node busy" % n)
+        while self.dropped:
+            cid, cmd = self.dropped.pop(0)
+            self._ack(cid, cmd, False, error="node busy: command dropped, send it again")
+        if self.dropped_more:
+            n, self.dropped_more = self.dropped_more, 0
+            self._ack(None, None, False, error="%d more commands dropped: node busy" % n)
         now = time.ticks_ms()
         if self.pulse_off_at is not None and time.ticks_diff(now, self.pulse_off_at) >= 0:
             hw.flash(False)
             self.pulse_off_at = None
+            self.publish_state()
         if cfg["pir_pin"] is not None and hw.pir_take():
-            cool = cfg["motion_cooldown"] * 1000
-            if self.last_motion is None or time.ticks_diff(now, self.last_motion) >= cool:
-                self.last_motion = now
+            if self.cooldown_left(time.time()) > 0:
+                log("motion ignored: cooldown")
+            else:
                 self.capture("motion")
         if self.next_interval is not None and time.ticks_diff(now, self.next_interval) >= 0:
             self._schedule_interval()
@@ -292,15 +394,33 @@ class Node:
         if self.duty_sleep_at is not None and time.ticks_diff(now, self.duty_sleep_at) >= 0:
             self.sleep(cfg["sleep_interval"])
 
+    def camera_start(self):
+        cfg = self.cfg
+        if hw.camera_init(cfg["frame_size"], cfg["quality"]):
+            if self.cam_reset:
+                self.cam_reset = False
+                self._rtc_write()
+            return
+        log("camera:", hw.camera_error)
+        if self.reset_cause == "soft" and not self.cam_reset:
+            # Some boards' camera only probes again after the chip itself is reset. Once: the
+            # flag in RTC memory stops a loop whatever cause the next boot reports (older ESP32
+            # firmware reports machine.reset() as a soft reset too).
+            log("camera failed after a soft reset: resetting the chip once")
+            self.cam_reset = True
+            self._rtc_write()
+            hw.reset()
+
     def run(self):
         cfg = self.cfg
         log("app", VERSION, "node", cfg["node_id"], "reset", self.reset_cause, "wake", self.wake)
         hw.release_holds()
+        self.rest()
         if cfg["watchdog"]:
             hw.watchdog_start(cfg["watchdog"] * 1000)
         if cfg["pir_pin"] is not None:
             hw.pir_start(cfg["pir_pin"])
-        hw.camera_init(cfg["frame_size"], cfg["quality"])
+        self.camera_start()
         owed = self.first_capture()
         self._schedule_interval()
         started = time.ticks_ms()
@@ -333,6 +453,8 @@ class Node:
                 self.frame = None
                 gc.collect()
                 log("out of memory; dropped the held frame")
+                if self.link.mid:
+                    self.link.close()   # umqtt was in the middle of a packet
             except Exception as e:
                 log("link lost:", repr(e))
                 self.link.close()

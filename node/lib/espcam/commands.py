@@ -5,7 +5,9 @@ import json
 
 from espcam import config
 
-MAX_SLEEP = 2592000
+# 14 days: the broker forgets a session (and the commands queued for it) after
+# persistent_client_expiration 14d, and machine.deepsleep() takes at most 2**31 - 1 ms (24.8 d).
+MAX_SLEEP = 1209600
 MAX_PULSE = 5000
 
 
@@ -102,6 +104,15 @@ def parse(payload):
         return cid, cmd, h(d)
     except ValueError as e:
         raise Refused(str(e), cid, cmd)
+
+
+def names(payload):
+    # (id, cmd) of a command as far as they can be read, to answer one that will not be run.
+    try:
+        cid, cmd, _ = parse(payload)
+        return cid, cmd
+    except Refused as r:
+        return r.cid, r.cmd
 
 
 def _str_or_none(v):

@@ -1,6 +1,6 @@
 # Frame ids and chunked publishing (docs/protocol.md, "Frame chunks"). The frame is never
-# copied: each chunk is a memoryview slice copied into one buffer made at start-up, so sending
-# allocates the same few small objects per chunk whatever the frame's size.
+# copied: each chunk's payload is written to the socket straight from the frame's own buffer,
+# so sending a frame allocates the same few objects whatever its size.
 import binascii
 import json
 
@@ -17,7 +17,11 @@ class FrameIds:
     def __init__(self, rtc):
         self.last = rtc.get("fid")
         self.reserved = rtc.get("res")
+        # Whether `last` names a frame captured since power-on. After a power cut `last` is
+        # only the start of a reserved block, a frame that never existed.
+        self.captured = rtc.get("cap") is True
         if type(self.last) is not int or type(self.reserved) is not int:
+            self.captured = False
             try:
                 with open(IDS_PATH) as f:
                     base = json.loads(f.read())["reserved"]
@@ -39,7 +43,12 @@ class FrameIds:
         self.last += 1
         if self.last > self.reserved:
             self._reserve()
+        self.captured = True
         return self.last
+
+    def shown(self):
+        # The last frame id for the state document: None until a capture since power-on.
+        return self.last if self.captured else None
 
 
 class Frame:
@@ -54,47 +63,39 @@ class Frame:
 
 
 class Sender:
-    # Each chunk goes out as one complete MQTT PUBLISH packet in one socket write: umqtt.simple
-    # would make four or five small writes per message, which with TCP_NODELAY means more
-    # packets and without it a Nagle / delayed-ACK stall of about 40 ms per QoS 1 exchange.
-    # The buffer leaves room in front of the chunk for the MQTT fixed header, topic and packet
-    # id, and is made once; sending allocates a few small objects per chunk whatever the size.
+    # Each chunk is one MQTT PUBLISH in two socket writes: its head (fixed header, topic, packet
+    # id, chunk header, and the metadata on chunk 0) from one of two buffers made at start-up,
+    # then the payload straight out of the frame's buffer with write(buf, offset, length). No
+    # chunk is copied and no chunk allocates, so the heap a frame costs is independent of its
+    # size. Two buffers, because a QoS 1 PUBLISH has a packet id between topic and payload and
+    # so its chunk header sits 2 bytes further on.
     def __init__(self, chunk_size, topic):
         self.chunk_size = chunk_size
-        self.topic = topic.encode()
-        self.pre = 4 + 2 + len(self.topic) + 2   # fixed header (<= 4), topic length, topic, id
-        self.buf = bytearray(self.pre + protocol.HEADER_LEN + META_MAX + chunk_size)
-        self.mv = memoryview(self.buf)
-        self.body = self.mv[self.pre:]
+        t = topic.encode()
+        self.heads = (self._head(t, 0), self._head(t, 2))
+        self.hdr = (4 + 2 + len(t), 4 + 2 + len(t) + 2)   # where the chunk header starts
 
-    def _packet(self, body_len, pid):
-        # Writes the PUBLISH header right in front of the body; returns where the packet starts.
-        buf = self.buf
-        p = self.pre
-        if pid:
-            buf[p - 2] = pid >> 8
-            buf[p - 1] = pid & 0xFF
-            p -= 2
-        tl = len(self.topic)
-        buf[p - tl:p] = self.topic
-        p -= tl + 2
-        buf[p] = tl >> 8
-        buf[p + 1] = tl & 0xFF
-        n = self.pre + body_len - p   # MQTT "remaining length"
-        digits = 1 if n < 0x80 else 2 if n < 0x4000 else 3
-        p -= digits
-        for k in range(digits):
-            buf[p + k] = (n & 0x7F) | (0x80 if k < digits - 1 else 0)
-            n >>= 7
-        p -= 1
-        buf[p] = 0x32 if pid else 0x30   # PUBLISH, QoS 1 or 0, not retained
-        return p
+    @staticmethod
+    def _head(t, pid_len):
+        # 4 bytes of room for the fixed header (1 type byte, up to 3 length bytes), then the
+        # variable header, written once: topic length and topic.
+        buf = bytearray(4 + 2 + len(t) + pid_len + protocol.HEADER_LEN + META_MAX)
+        buf[4] = len(t) >> 8
+        buf[5] = len(t) & 0xFF
+        buf[6:6 + len(t)] = t
+        return buf
+
+    def fits(self, total):
+        return protocol.frame_fits(total, self.chunk_size)
 
     def send(self, link, frame, only=None, feed=None):
         # Publishes all chunks (only=None) or the listed indices; the last one at QoS 1, whose
         # PUBACK proves the broker holds every chunk before it. Returns the number sent.
         total = len(frame.mv)
         cs = self.chunk_size
+        if not protocol.frame_fits(total, cs):
+            raise ValueError("a frame of %d bytes needs more than %d chunks of %d bytes"
+                             % (total, protocol.MAX_COUNT, cs))
         count = protocol.chunk_count(total, cs)
         if only is None:
             indices = range(count)
@@ -102,27 +103,40 @@ class Sender:
         else:
             indices = only
             flags = protocol.FLAG_RESEND
-        body = self.body
         last = len(indices) - 1
-        for n, i in enumerate(indices):
+        n = 0
+        for i in indices:
+            q = 1 if n == last else 0
+            head = self.heads[q]
+            off = self.hdr[q]
             f = flags
-            off = protocol.HEADER_LEN
             mlen = 0
             if i == 0 and frame.meta:
                 mlen = len(frame.meta)
-                body[off:off + mlen] = frame.meta
-                off += mlen
                 f |= protocol.FLAG_META
+                head[off + protocol.HEADER_LEN:off + protocol.HEADER_LEN + mlen] = frame.meta
             start = i * cs
-            size = min(cs, total - start)
-            protocol.pack_header(body, f, frame.id, total, frame.crc, cs, i, count, mlen)
-            body[off:off + size] = frame.mv[start:start + size]
-            pid = link.next_pid() if n == last else 0
-            p = self._packet(off + size, pid)
-            link.send_packet(self.mv[p:self.pre + off + size], pid)
+            size = cs if start + cs <= total else total - start
+            protocol.pack_header(head, off, f, frame.id, total, frame.crc, cs, i, count, mlen)
+            pid = 0
+            if q:
+                pid = link.next_pid()
+                head[off - 2] = pid >> 8
+                head[off - 1] = pid & 0xFF
+            end = off + protocol.HEADER_LEN + mlen
+            rl = end - 4 + size   # MQTT "remaining length": from the topic length on
+            digits = 1 if rl < 0x80 else 2 if rl < 0x4000 else 3
+            p = 4 - digits
+            for k in range(digits):
+                head[p + k] = (rl & 0x7F) | (0x80 if k < digits - 1 else 0)
+                rl >>= 7
+            p -= 1
+            head[p] = 0x32 if q else 0x30   # PUBLISH, QoS 1 or 0, not retained
+            link.send_chunk(head, p, end - p, frame.mv, start, size, pid)
+            n += 1
             if feed is not None:
                 feed()
-        return len(indices)
+        return n
 
 
 def meta_json(t, up, trigger, fs, q, wake, cmd_id):

@@ -56,6 +56,12 @@ def camera_init(frame_size, quality):
         else:
             _class_api = False
             _cam = cam
+            # The module driver outlives a soft reset (Ctrl-D, mpremote): its C state from the
+            # previous interpreter makes init() fail until deinit() is called.
+            try:
+                cam.deinit()
+            except Exception:
+                pass
             if cam.init(0, format=cam.JPEG, fb_location=cam.PSRAM) is False:
                 raise OSError("camera.init failed")
             cam.framesize(getattr(cam, "FRAME_" + frame_size))
@@ -66,6 +72,15 @@ def camera_init(frame_size, quality):
         _cam_ok = False
         camera_error = "init: %r" % (e,)
     return _cam_ok
+
+
+def _class_quality(q):
+    # micropython-camera-API made quality a property and deprecated set_quality(); releases
+    # before that have only the method.
+    try:
+        _cam.quality = q
+    except AttributeError:
+        _cam.set_quality(q)
 
 
 def _module_quality(q):
@@ -81,7 +96,7 @@ def camera_configure(frame_size, quality):
     try:
         if _class_api:
             _cam.reconfigure(frame_size=getattr(_driver().FrameSize, frame_size))
-            _cam.set_quality(quality)
+            _class_quality(quality)
         else:
             _cam.framesize(getattr(_cam, "FRAME_" + frame_size))
             _cam.quality(_module_quality(quality))
@@ -156,6 +171,12 @@ def pir_start(pin_no):
     _pir.irq(trigger=machine.Pin.IRQ_RISING, handler=_pir_irq)
 
 
+def pir_high(pin_no):
+    # The PIR output level now: high for a few seconds after each detection.
+    p = _pir if _pir is not None else machine.Pin(pin_no, machine.Pin.IN)
+    return p.value() == 1
+
+
 def pir_take():
     # Returns how many rising edges arrived since the last call.
     global _pir_hits
@@ -190,27 +211,40 @@ def mac():
 
 def wifi_connect(ssid, password, static, timeout_ms, feed):
     # static: None or (ip, netmask, gateway, dns). Returns the IP, or raises OSError with the
-    # reason the driver gave (wrong password, no AP found, timeout).
+    # reason the driver gave (wrong password, no AP found, timeout). On the ESP32 a connect()
+    # while an earlier attempt is still alive in the driver raises "Wifi Internal State
+    # Error", so every attempt starts and every failed one ends with disconnect().
     w = wlan()
     w.active(True)
     if w.isconnected():
         return w.ifconfig()[0]
     if static:
         w.ifconfig(tuple(static))
+    _disconnect(w)
     w.connect(ssid, password)
     start = time.ticks_ms()
+    why = None
     while not w.isconnected():
         st = w.status()
         if st == getattr(network, "STAT_WRONG_PASSWORD", -99):
-            raise OSError("wifi: wrong password")
-        if st == getattr(network, "STAT_NO_AP_FOUND", -99):
-            raise OSError("wifi: no access point named %r" % ssid)
-        if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-            w.disconnect()
-            raise OSError("wifi: not connected after %d ms (status %r)" % (timeout_ms, st))
+            why = "wifi: wrong password"
+        elif st == getattr(network, "STAT_NO_AP_FOUND", -99):
+            why = "wifi: no access point named %r" % ssid
+        elif time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+            why = "wifi: not connected after %d ms (status %r)" % (timeout_ms, st)
+        if why:
+            _disconnect(w)
+            raise OSError(why)
         feed()
         time.sleep_ms(20)
     return w.ifconfig()[0]
+
+
+def _disconnect(w):
+    try:
+        w.disconnect()
+    except OSError:
+        pass
 
 
 def wifi_connected():
@@ -282,8 +316,10 @@ def rtc_save(data):
 
 
 def deepsleep(ms, pir_pin=None):
-    # Never returns on a board: the chip resets on wake. The flash LED pin is driven low and
-    # held, or it floats and the LED glows through the whole sleep.
+    # Never returns on a board unless machine.deepsleep() raises (OverflowError beyond
+    # 2**31 - 1 ms): then the holds and the PIR wake are undone and the error re-raised, with
+    # the camera off and Wi-Fi down. The flash LED pin is driven low and held, or it floats and
+    # the LED glows through the whole sleep. pir_pin: arm the PIR wake on that pin.
     camera_deinit()
     flash(False)
     try:
@@ -299,7 +335,17 @@ def deepsleep(ms, pir_pin=None):
             esp32.wake_on_ext0(pin=machine.Pin(pir_pin, machine.Pin.IN),
                                level=esp32.WAKEUP_ANY_HIGH)
     wifi_off()
-    machine.deepsleep(ms)
+    try:
+        machine.deepsleep(ms)
+    except Exception:
+        if esp32 is not None:
+            try:
+                esp32.gpio_deep_sleep_hold(False)
+                esp32.wake_on_ext0(None, esp32.WAKEUP_ANY_HIGH)
+            except Exception:
+                pass
+        release_holds()
+        raise
 
 
 def release_holds():
@@ -308,6 +354,7 @@ def release_holds():
         machine.Pin(FLASH_PIN, machine.Pin.OUT, value=0, hold=False)
     except Exception:
         pass
+    flash(False)
 
 
 def reset():

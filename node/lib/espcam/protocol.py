@@ -1,5 +1,5 @@
 # Wire protocol v1 (docs/protocol.md): topics, node ids and the frame chunk header.
-# Nothing here allocates in proportion to a frame: chunks are slices of a memoryview.
+# Nothing here allocates in proportion to a frame.
 import struct
 
 PROTO = 1
@@ -11,6 +11,7 @@ FLAG_RESEND = 2
 MIN_CHUNK = 256
 MAX_CHUNK = 65536
 MAX_FRAME = 16777216
+MAX_COUNT = 65535   # the count field has 16 bits, so a frame needs at most this many chunks
 
 _ID_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ID_REST = _ID_FIRST + "_-"
@@ -45,9 +46,15 @@ def chunk_count(total_len, chunk_size):
     return (total_len + chunk_size - 1) // chunk_size
 
 
-def pack_header(buf, flags, frame_id, total_len, crc, chunk_size, index, count, meta_len):
+def frame_fits(total_len, chunk_size):
+    # A frame the header cannot describe: over 16 MiB, or more chunks than 16 bits can count
+    # (at 256-byte chunks the largest frame is 65535 x 256 bytes, just under 16 MiB).
+    return 1 <= total_len <= MAX_FRAME and chunk_count(total_len, chunk_size) <= MAX_COUNT
+
+
+def pack_header(buf, off, flags, frame_id, total_len, crc, chunk_size, index, count, meta_len):
     # Writes into a caller-owned buffer so the publish loop allocates nothing per chunk.
-    struct.pack_into(HEADER, buf, 0, MAGIC, PROTO, flags, frame_id, total_len, crc,
+    struct.pack_into(HEADER, buf, off, MAGIC, PROTO, flags, frame_id, total_len, crc,
                      chunk_size, index, count, meta_len, 0)
 
 
@@ -67,6 +74,7 @@ def unpack_header(msg):
     if not MIN_CHUNK <= csize <= MAX_CHUNK:
         raise ValueError("chunk_size out of range")
     if count != chunk_count(total, csize):
+        # also rejects a frame needing more than MAX_COUNT chunks: no 16-bit count matches
         raise ValueError("count does not match total_len and chunk_size")
     if index >= count:
         raise ValueError("index beyond count")
