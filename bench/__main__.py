@@ -3,7 +3,8 @@
     .venv/bin/python -m bench                 everything, full scale (item 4: 200 nodes, 10 min)
     .venv/bin/python -m bench --quick         shorter runs (item 4: 50 nodes, 60 s)
     .venv/bin/python -m bench --only 1,3,5    some items only
-    options: --no-profile, --scale-nodes N, --scale-seconds S, --out FILE (Markdown + JSON)
+    options: --no-profile, --scale-nodes N, --scale-seconds S, --out FILE (Markdown + JSON),
+             --wait-idle MIN (first wait up to MIN minutes until no pytest process runs)
 
 Items: 1 node publish path (MicroPython), 2 node duty cycle (simulator), 3 backend ingest
 (+ profile, + per-stage timings), 4 scale, 5 wire efficiency. Every ratio compares figures
@@ -15,10 +16,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, machine, others
+
+
+class Watch:
+    """Polls `others()` every 10 s while an item runs: how often a test suite ran alongside."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            self.seen.append(others())
+            if self._stop.wait(10):
+                return
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._t.join()
+        busy = sum(1 for o in self.seen if "processes: 0," not in o)
+        return (f"test suite running in {busy} of {len(self.seen)} checks (every 10 s)"
+                if busy else "no test suite running")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-seconds", type=float, default=None)
     ap.add_argument("--out", type=Path, default=None,
                     help="write the report here (.md) and the raw figures next to it (.json)")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="MIN",
+                    help="first wait up to MIN minutes until no pytest process is running")
     a = ap.parse_args(argv)
+    if a.wait_idle:
+        deadline = time.monotonic() + a.wait_idle * 60
+        while "processes: 0," not in others() and time.monotonic() < deadline:
+            print(f"waiting for the machine to be idle ({others()})", flush=True)
+            time.sleep(30)
     only = {int(x) for x in a.only.split(",") if x.strip()}
     mode = "quick" if a.quick else "full"
     m = machine()
     head = (f"espcam benchmarks, mode {mode}, {time.strftime('%Y-%m-%d %H:%M')}; machine: "
-            f"{m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Python {m['python']}, "
-            f"Linux {m['kernel']}")
+            f"{m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Linux {m['kernel']}, Python "
+            f"{m['python']}, MicroPython {m['micropython']}, Mosquitto {m['mosquitto']}, "
+            f"{m['py_spy']}; at the start: {others()}")
     print(head, flush=True)
     out_md = [f"_{head}_"]
     raw: dict = {"machine": m, "mode": mode}
@@ -53,11 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n## {title}\n", flush=True)
         t = time.monotonic()
+        watch = Watch()
         module = __import__(mod, fromlist=["run"])
         res = module.run(a.quick, **kw)
+        res["others"] = watch.stop()
+        took = f"({time.monotonic() - t:.0f} s; {res['others']}; at the end: {others()})"
         print(res["text"], flush=True)
-        print(f"\n({time.monotonic() - t:.0f} s)", flush=True)
-        out_md.append(f"## {title}\n\n{res['text']}")
+        print(f"\n{took}", flush=True)
+        out_md.append(f"## {title}\n\n{res['text']}\n\n_{took}_")
         raw[mod] = {k: v for k, v in res.items() if k != "text"}
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,36 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "model": model, "mem_mb": mem,
-            "python": platform.python_version(), "kernel": platform.release()}
+            "python": platform.python_version(), "kernel": platform.release(),
+            "micropython": _version([str(VENV_BIN / "micropython"), "-c",
+                                     "import sys; v = sys.implementation.version; "
+                                     "print('.'.join(map(str, v[:3])), *v[3:])"]),
+            "mosquitto": _version(["mosquitto", "-h"]).removeprefix("mosquitto version "),
+            "py_spy": _version([str(VENV_BIN / "py-spy"), "--version"])}
+
+
+def _version(cmd: list[str]) -> str:
+    import subprocess
+
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def others() -> str:
+    """What else loads the machine: test-suite processes running now, and the load average."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True)
+        tests = len(p.stdout.split())
+    except OSError:
+        tests = -1
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() \
+        else ["?"]
+    return f"pytest processes: {tests}, load average {' '.join(load)}"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,13 +21,25 @@ from bench.common import ROOT, Broker, table
 
 PERIOD = 300  # one frame every 5 minutes
 
-# Current draw of an AI-Thinker ESP32-CAM at its 5 V pin (estimates; see docs/benchmarks.md):
-ACTIVE_MA = 190.0   # awake, Wi-Fi on, no flash: 180 mA (AI-Thinker ESP32-CAM spec), 190 measured
-SLEEP_MA = 5.0      # deep sleep, stock board: 4.4 to 6 mA (AMS1117 LDO, camera supply)
-SLEEP_MA_MOD = 0.5  # deep sleep after the LDO swap and camera power cut people report
+# Current draw of an AI-Thinker ESP32-CAM at its 5 V pin (estimates; sources in
+# docs/benchmarks.md, item 2):
+ACTIVE_MA = 190.0   # awake, Wi-Fi on, no flash: 190 mA measured (cicciocb.com forum, 2021)
+SLEEP_MA = 5.0      # deep sleep, stock board: 4.4 mA (same post), "more than 5 mA" (time4ee.com)
+SLEEP_MA_MOD = 0.5  # LDO swapped and camera supply cut (time4ee.com; dimhoff/ESP32-CAM_Interval)
 BATTERY_MAH_5V = 3000 * 3.7 / 5 * 0.85  # one 3000 mAh 18650 through an 85 % boost to 5 V
 BOOT_MS = 300       # ROM bootloader + MicroPython start before main.py after a deep-sleep wake
 WIFI_REAL_MS = (700, 2500)  # association + DHCP on a home AP: fast (static IP) … typical
+
+SECTIONS = ("camera_init", "wifi", "broker_connect", "state", "capture", "crc", "publish",
+            "wdt_feed", "ack_wait")
+# The same sections in the run of 2026-11-24 (docs/benchmarks.md before the fixes: Nagle on,
+# umqtt's publish per chunk, a 100 ms poll before the duty-cycle sleep). Its "state" row was
+# the sum of both state documents and its "other" row short by the second one; here the second
+# is moved to "goodbye", where it was sent.
+BEFORE = {"camera_init": 1.1, "wifi": 300.1, "broker_connect": 87.5, "state": 44.0,
+          "capture": 0.3, "crc": 0.2, "publish": 3.7, "ack_wait": 41.1,
+          "goodbye (state, `sleeping`, DISCONNECT)": 88.7,
+          "other (imports, config, RTC, main loop)": 109.0, "awake": 675.6}
 
 
 def node_src(work: Path) -> Path:
@@ -43,18 +55,39 @@ def node_src(work: Path) -> Path:
 
 
 def parse(log: str) -> list[dict[str, float]]:
-    """Per boot: section -> ms (sums when a section runs twice), plus 'awake' = sleep_call."""
+    """Per boot: section -> ms (summed when a section runs twice), 'sleep_call' and
+    'goodbye_start' as ms since main.py started. The state document Node.sleep publishes is
+    part of 'goodbye', so 'state' counts only the calls before Node.sleep began."""
     boots = []
     for part in log.split("=== simulator: boot")[1:]:
+        rows = [(m.group(1), int(m.group(2)), int(m.group(3)))
+                for m in re.finditer(r"^bench: (\w+) (-?\d+) (-?\d+)$", part, re.M)]
         d: dict[str, float] = {}
-        for m in re.finditer(r"^bench: (\w+) (-?\d+) (-?\d+)$", part, re.M):
-            name, start, dur = m.group(1), int(m.group(2)), int(m.group(3))
+        for name, start, _ in rows:
             if name in ("sleep_call", "goodbye_start"):
                 d[name] = start / 1000
-            else:
-                d[name] = d.get(name, 0) + dur / 1000
+        bye = d.get("goodbye_start", float("inf")) * 1000
+        for name, start, dur in rows:
+            if name in ("sleep_call", "goodbye_start") or name == "state" and start >= bye:
+                continue
+            d[name] = d.get(name, 0) + dur / 1000
         boots.append(d)
     return boots
+
+
+def sections(log: str) -> tuple[float, dict[str, float], int]:
+    """(ms from main.py to deepsleep(), ms per section, wakes) averaged over the timer wakes."""
+    boots = [b for b in parse(log) if "sleep_call" in b]
+    wakes = boots[1:] or boots  # boot 1 is a power-on (NTP, id block reservation)
+
+    def mean(k: str) -> float:
+        return sum(b.get(k, 0) for b in wakes) / len(wakes)
+
+    awake = mean("sleep_call")
+    parts = {k: mean(k) for k in SECTIONS}
+    parts["goodbye (state, `sleeping`, DISCONNECT)"] = awake - mean("goodbye_start")
+    parts["other (imports, config, RTC, main loop)"] = awake - sum(parts.values())
+    return awake, parts, len(wakes)
 
 
 def battery(awake_s: float, sleep_ma: float) -> tuple[float, float]:
@@ -67,41 +100,31 @@ def run(quick: bool) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="espcam-bench-duty-"))
     cycles = 3 if quick else 6
-    keys = ("camera_init", "wifi", "broker_connect", "state", "capture", "crc", "publish",
-            "ack_wait")
-    results = {}
-    for variant, env in (("as shipped", {}), ("TCP_NODELAY (candidate)",
-                                              {"BENCH_NODELAY": "1"})):
-        vdir = work / variant.split()[0].lower()
-        broker = Broker(vdir / "broker").start()
+    measured = {}
+    # proxy=False: the node talks to the broker directly, as a board on Wi-Fi does. Through
+    # the simulator's LinkProxy (its default, for Wi-Fi loss tests) as a second column.
+    for proxy in (False, True):
+        d = work / ("proxy" if proxy else "direct")
+        broker = Broker(d / "broker").start()
         try:
-            node = SimNode("duty-1", vdir / "node", broker.host, broker.port,
+            node = SimNode("duty-1", d / "node", broker.host, broker.port,
                            config={"sleep_interval": 2, "awake": 0, "interval": 0,
                                    "pir_pin": None},
-                           node_src=node_src(vdir), env=env)
+                           node_src=node_src(d), proxy=proxy)
             node.start()
             node.wait_for(lambda n=node: n.log().count("bench: sleep_call") >= cycles,
                           60 + 10 * cycles, f"{cycles} duty cycles")
             node.stop()
-            log = node.log()
+            measured[proxy] = sections(node.log())
         finally:
             broker.stop()
-        boots = [b for b in parse(log) if "sleep_call" in b]
-        wakes = boots[1:] or boots  # boot 1 is a power-on (NTP, id block reservation)
-
-        def mean(k: str, wakes=wakes) -> float:
-            return sum(b.get(k, 0) for b in wakes) / len(wakes)
-
-        awake_v = mean("sleep_call")
-        parts_v = {k: mean(k) for k in keys}
-        parts_v["goodbye (state, sleeping, DISCONNECT)"] = awake_v - mean("goodbye_start")
-        parts_v["other (imports, config, RTC, loop)"] = awake_v - sum(parts_v.values())
-        parts_v["**wake to deepsleep() (simulated)**"] = awake_v
-        results[variant] = (awake_v, parts_v, len(wakes))
-    awake, parts, nwakes = results["as shipped"]
-    fixed = results["TCP_NODELAY (candidate)"][1]
-    rows = [[k, f"{v:.1f}", f"{100 * v / awake:.0f} %", f"{fixed[k]:.1f}"]
+    awake, parts, nwakes = measured[False]
+    p_awake, p_parts, _ = measured[True]
+    rows = [[k, f"{v:.1f}", f"{100 * v / awake:.0f} %",
+             "" if k not in BEFORE else f"{BEFORE[k]:.1f}", f"{p_parts[k]:.1f}"]
             for k, v in parts.items()]
+    rows.append(["**wake to deepsleep() (simulated)**", f"**{awake:.1f}**", "100 %",
+                 f"{BEFORE['awake']:.1f}", f"{p_awake:.1f}"])
     sim_wifi = parts["wifi"]
     est = []
     for label, wifi_ms in (("fast AP, static IP", WIFI_REAL_MS[0]),
@@ -114,8 +137,14 @@ def run(quick: bool) -> dict[str, Any]:
             est.append([label, f"{awake_setting} s", f"{t:.2f}", f"{avg:.2f}", f"{days:.0f}",
                         f"{days_mod:.0f}"])
     text = (f"Mean of {nwakes} timer wakes (sleep_interval 2 s, awake 0), VGA frame "
-            f"~45 KB, broker on loopback:\n\n"
-            + table(["section", "ms as shipped", "share", "ms with TCP_NODELAY"], rows)
+            f"~45 KB, broker on loopback. \"before\": the run of 2026-11-24 (Nagle on, umqtt's "
+            f"publish per chunk, 100 ms poll before the sleep); its state row (88.0 ms) held "
+            f"both state documents and is halved here, and its other row (65.0) was short by "
+            f"the second one, added here; its publish row included the watchdog feeds. The node "
+            f"talks to the broker directly (SimNode proxy=False), as a board on Wi-Fi does; "
+            f"the last column is the same node through the simulator's relay "
+            f"(sim/linkproxy.py, SimNode's default):\n\n"
+            + table(["section", "ms", "share", "ms before", "ms via sim relay"], rows)
             + f"\n\nEstimated battery life at one frame every {PERIOD // 60} min "
             f"(awake {ACTIVE_MA:.0f} mA, deep sleep {SLEEP_MA:g} mA stock / "
             f"{SLEEP_MA_MOD:g} mA modified board, {BATTERY_MAH_5V:.0f} mAh at 5 V; the "
@@ -123,7 +152,8 @@ def run(quick: bool) -> dict[str, Any]:
             f"boot):\n\n"
             + table(["Wi-Fi", "`awake` setting", "awake s/frame", "avg mA", "days (stock)",
                      "days (modified)"], est))
-    return {"text": text, "parts": parts, "awake_ms": awake, "fixed": fixed,
+    return {"text": text, "parts": parts, "awake_ms": awake, "wakes": nwakes,
+            "via_relay": p_parts, "via_relay_awake_ms": p_awake,
             "estimates": est, "when": time.time()}
 
 

@@ -41,7 +41,7 @@ def run(quick: bool, nodes: int | None = None, seconds: float | None = None,
         simdir = Path(tempfile.mkdtemp(prefix="espcam-bench-sim-"))
         for i in range(sims):
             sn = SimNode(f"mpy-{i}", simdir / f"mpy-{i}", host, port,
-                         config={"interval": int(INTERVAL), "pir_pin": None})
+                         config={"interval": int(INTERVAL), "pir_pin": None}, proxy=False)
             simn.append(sn)
         sampler = Sampler(s.pids, every=5.0).start()
         for sn in simn:
@@ -101,7 +101,11 @@ def run(quick: bool, nodes: int | None = None, seconds: float | None = None,
     first, last = samples[0], samples[-1]
     wall = last["t"] - first["t"] or 1
     rss = [(r["t"], r["backend_rss_kb"] / 1024) for r in samples]
-    mid = [v for t_, v in rss if t_ >= wall * 0.2] or [0]
+    # Growth per 5 minutes over the second half of the run: flat if it stays near zero.
+    half = [(t_, v) for t_, v in rss if t_ >= wall / 2]
+    slope = ((half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0]) * 300
+             if len(half) > 1 and half[-1][0] > half[0][0] else float("nan"))
+    step = max(1, len(rss) // 12)
     text = (f"{n} light nodes + {len(simn)} MicroPython nodes, one VGA frame each every "
             f"{INTERVAL:g} s, for {t_send:.0f} s.\n\n"
             + table(["nodes", "frames sent", "frames stored", "lost"], [
@@ -110,11 +114,13 @@ def run(quick: bool, nodes: int | None = None, seconds: float | None = None,
             ])
             + f"\n\nBackend CPU {(last['backend_cpu'] - first['backend_cpu']) / wall:.2f} "
             f"cores, broker CPU {(last['broker_cpu'] - first['broker_cpu']) / wall:.2f} cores "
-            f"(averages over {wall:.0f} s). Backend RSS: after warm-up min "
-            f"{min(mid):.1f} MB, max {max(mid):.1f} MB, at the end {rss[-1][1]:.1f} MB; "
-            f"peak {peak:.1f} MB.\n\nBackend RSS over time (MB): "
-            + ", ".join(f"{t_:.0f}s {v:.1f}" for t_, v in rss[:: max(1, len(rss) // 12)]))
+            f"(averages over {wall:.0f} s). Backend RSS at the start {rss[0][1]:.1f} MB, at "
+            f"the end {rss[-1][1]:.1f} MB, peak (VmHWM) {peak:.1f} MB; growth over the "
+            f"second half {slope:+.2f} MB per 5 min.\n\nBackend RSS over time (MB): "
+            + ", ".join(f"{t_:.0f}s {v:.1f}" for t_, v in rss[::step])
+            + ("" if (len(rss) - 1) % step == 0 else f", {rss[-1][0]:.0f}s {rss[-1][1]:.1f}"))
     return {"text": text, "sent": sent, "stored": stored_by, "samples": samples,
+            "rss_growth_mb_per_5min": slope,
             "workdir": str(work)}
 
 

@@ -6,9 +6,11 @@
 - raw sink: reads a 4-byte big-endian length N, drains N bytes, answers 4 bytes (the size of a
   PUBACK), repeatedly: the limit, one socket.write of the frame plus one round trip.
 
-    python -m bench.sink [RATE]  prints "<mqtt port> <raw port>" and serves until its stdin
-                                 closes; RATE (bytes/s, default unlimited) throttles reading,
-                                 a stand-in for a Wi-Fi link that is slower than the CPU
+    python -m bench.sink [RATE [MSS]]  prints "<mqtt port> <raw port>" and serves until its
+        stdin closes; RATE (bytes/s, 0 = unlimited) throttles reading, a stand-in for a Wi-Fi
+        link that is slower than the CPU; MSS clamps the segment size the client may send
+        (TCP_MAXSEG), and then each MQTT connection prints, when it ends,
+        "segs <data segments received> <bytes received> <largest segment seen>" (TCP_INFO)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 BUF = 1 << 20
 RATE = 0.0  # bytes per second, 0 = as fast as the machine goes
 BURST = 1460  # one segment: a fresh connection gets no head start
+MSS = 0  # 0: the loopback's own (64 KB)
+TCP_INFO = getattr(socket, "TCP_INFO", 11)
 
 
 class _Throttle:
@@ -40,6 +44,8 @@ class _Throttle:
 def _listener() -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if MSS:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, MSS)
     s.bind(("127.0.0.1", 0))
     s.listen(8)
     return s
@@ -138,6 +144,7 @@ def _serve_mqtt(conn: socket.socket) -> None:
             elif kind == 0xC0:
                 conn.sendall(b"\xd0\x00")
             elif kind == 0xE0:
+                _segments(conn)
                 return
             skip = i + n - start
             have = end - start
@@ -156,6 +163,21 @@ def _serve_mqtt(conn: socket.socket) -> None:
         pass
     finally:
         conn.close()
+
+
+def _segments(conn: socket.socket) -> None:
+    # struct tcp_info (linux/tcp.h): tcpi_rcv_mss at 20, tcpi_bytes_received at 128,
+    # tcpi_data_segs_in at 152.
+    if not MSS:
+        return
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 256)
+        received = struct.unpack_from("Q", info, 128)[0]
+        segs = struct.unpack_from("I", info, 152)[0]
+        mss = struct.unpack_from("I", info, 20)[0]
+        print("segs", segs, received, mss, flush=True)
+    except (OSError, struct.error):
+        print("segs ? ? ?", flush=True)
 
 
 def _serve_raw(conn: socket.socket) -> None:
@@ -181,9 +203,11 @@ def _accept(lsock: socket.socket, serve) -> None:
 
 
 def main() -> None:
-    global RATE
+    global RATE, MSS
     if len(sys.argv) > 1:
         RATE = float(sys.argv[1])
+    if len(sys.argv) > 2:
+        MSS = int(sys.argv[2])
     m, r = _listener(), _listener()
     threading.Thread(target=_accept, args=(m, _serve_mqtt), daemon=True).start()
     threading.Thread(target=_accept, args=(r, _serve_raw), daemon=True).start()
