@@ -180,6 +180,10 @@ class Storage:
         self.root = Path(data_dir).resolve()
         self.retention = retention or Retention()
         self.readonly = readonly
+        # Per node [frames, bytes] in the index, counted once and then kept up to date by
+        # every insert and delete here: counting on every stored frame cost 5-7 ms at 100 000
+        # rows (docs/benchmarks.md). Only this process writes the index.
+        self._totals: dict[str, list[int]] = {}
         try:
             self.db = self._open_readonly() if readonly else self._open()
         except (OSError, sqlite3.Error) as e:
@@ -264,9 +268,18 @@ class Storage:
             ).fetchone()
         return row is not None
 
+    def _node_totals(self, node: str) -> list[int]:
+        t = self._totals.get(node)
+        if t is None:
+            count, total = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM frames WHERE node = ?", (node,)
+            ).fetchone()
+            t = self._totals[node] = [count, total]
+        return t
+
     def count(self, node: str) -> int:
         """Frames of this node in the index."""
-        return self.db.execute("SELECT COUNT(*) FROM frames WHERE node = ?", (node,)).fetchone()[0]
+        return self._node_totals(node)[0]
 
     def latest(self, node: str) -> StoredFrame | None:
         """The node's newest frame (by capture time, else arrival), or None."""
@@ -288,6 +301,7 @@ class Storage:
                 deleted += 1
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
+            self._totals.pop(node, None)
             node_dir = self.root / node
             (node_dir / "latest.jpg").unlink(missing_ok=True)
             for day in sorted(node_dir.glob("*"), reverse=True):
@@ -342,6 +356,7 @@ class Storage:
             tmp.unlink(missing_ok=True)
             _fsync_dir(day_dir)
             rel = f"{node}/{day}/{placed.name}"
+            totals = self._node_totals(node)
             with self.db:
                 self.db.execute(
                     "INSERT INTO frames (node, frame_id, captured_at, received_at, taken_at, "
@@ -355,6 +370,8 @@ class Storage:
                     "last_frame = excluded.last_frame",
                     (node, received_at, frame_id),
                 )
+            totals[0] += 1
+            totals[1] += len(jpeg)
         except (OSError, sqlite3.Error, StorageRejected) as e:
             # Only what this call created goes: a file that was there before is never touched.
             for leftover in (placed if created else None, tmp):
@@ -445,10 +462,8 @@ class Storage:
         # Called for every stored frame: read only what may have to go (through the
         # (node, taken_at) index), never the node's whole history, which grows to many
         # thousands of rows; a full scan made each store cost 100 ms at 100 000 rows.
-        count, total = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM frames WHERE node = ?"
-            if ret.max_bytes > 0 else "SELECT COUNT(*), 0 FROM frames WHERE node = ?", (node,)
-        ).fetchone()
+        totals = self._node_totals(node)
+        count, total = totals
         if count <= 1:
             return 0
         cutoff = now - ret.max_age_days * 86400 if ret.max_age_days > 0 else None
@@ -482,6 +497,8 @@ class Storage:
                 continue
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
+            totals[0] -= 1
+            totals[1] -= r["bytes"]
             try:
                 path.parent.rmdir()  # only succeeds once the day directory is empty
             except OSError:
@@ -550,6 +567,7 @@ class Storage:
                 with self.db:
                     self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
                 stats["dropped_rows"] += 1
+        self._totals.clear()
         if any(stats.values()):
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
         return stats

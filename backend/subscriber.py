@@ -191,6 +191,7 @@ class Backend:
         self._stop = threading.Event()
         self._pending: deque[_Pending] = deque()
         self._next_retry = 0.0
+        self._next_tick = 0.0
         self._next_retention = 0.0  # the first tick applies retention: it also runs at start
         # QoS 1 chunks of frames not yet stored nor given up, by (node, frame id): they are
         # acknowledged to the broker only then, so a backend that dies before that gets them
@@ -295,8 +296,9 @@ class Backend:
             return
         self.messages.put(msg)
 
-    def publish(self, topic_name: str, payload: bytes | str, retain: bool = False) -> None:
-        self.client.publish(topic_name, payload, qos=1, retain=retain)
+    def publish(self, topic_name: str, payload: bytes | str, retain: bool = False,
+                qos: int = 1) -> None:
+        self.client.publish(topic_name, payload, qos=qos, retain=retain)
 
     # -- running -------------------------------------------------------------------------
 
@@ -333,8 +335,12 @@ class Backend:
                     self.handle(msg)
                 finally:
                     self._settle(msg)
+            now = time.time()
+            if now < self._next_tick:
+                return  # timers every TICK, not after every chunk: 4 % of the loop otherwise
+            self._next_tick = now + TICK
             try:
-                self.tick(time.time())
+                self.tick(now)
             except Exception:
                 # A timer failing (e.g. retention on a full disk) must not end the service.
                 self.counters["errors"] += 1
@@ -679,7 +685,10 @@ class Backend:
 
     def _announce(self, stored: StoredFrame, jpeg: bytes, newest: bool = True) -> None:
         if newest:  # a frame completing late must not replace a newer picture
-            self.publish(topic(self.prefix, stored.node, "image"), jpeg, retain=True)
+            # QoS 0: the picture is a copy of a stored file, and the next frame replaces it.
+            # At QoS 1 paho holds every JPEG until the broker acks it: 144 -> 97 MB peak RSS
+            # in a backlog (docs/benchmarks.md).
+            self.publish(topic(self.prefix, stored.node, "image"), jpeg, retain=True, qos=0)
         event = {
             "node": stored.node,
             "frame": stored.frame_id,

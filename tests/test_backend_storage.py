@@ -90,6 +90,34 @@ def test_retention_by_age_and_bytes_oldest_first(tmp_path):
     assert on_disk == {Path(f.path).name for f in s.frames("cam-1")}
 
 
+def test_frame_counts_kept_in_memory_agree_with_the_index(tmp_path):
+    # Storage counts each node's frames once and then keeps the count itself; after stores,
+    # retention, a rejected store, forget and reconcile it must still say what the index says.
+    jpeg = make_jpeg(seed=2)
+    s = Storage(tmp_path, Retention(max_age_days=0, max_bytes=len(jpeg) * 4))
+    now = time.time()
+
+    def indexed(node: str) -> int:
+        return s.db.execute("SELECT COUNT(*) FROM frames WHERE node = ?", (node,)).fetchone()[0]
+
+    for fid in range(1, 8):
+        put(s, "cam-1", fid, jpeg, now + fid)
+        put(s, "cam-2", fid, jpeg, now + fid)
+        assert s.count("cam-1") == indexed("cam-1") == min(fid, 4)
+    put(s, "cam-1", 7, jpeg, now + 7)  # a duplicate stores nothing
+    assert s.count("cam-1") == indexed("cam-1") == 4
+    s.forget_node("cam-2", delete_frames=True)
+    assert s.count("cam-2") == indexed("cam-2") == 0
+    victim = s.frames("cam-1")[0]
+    (tmp_path / victim.path).unlink()
+    s.reconcile()
+    assert s.count("cam-1") == indexed("cam-1") == 3
+    put(s, "cam-1", 8, jpeg, now + 8)
+    assert s.count("cam-1") == indexed("cam-1") == 4
+    s.close()
+    assert Storage(tmp_path).count("cam-1") == 4
+
+
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
 def test_full_or_read_only_disk_is_reported_and_damages_nothing(tmp_path, monkeypatch, err):
     s = Storage(tmp_path)
