@@ -148,8 +148,13 @@ def test_tracked_nodes_are_capped(start_backend, broker, everything, data_dir, c
             n.stop()
     assert len(b.nodes) == 3 and b.status()["counters"]["refused_nodes"] >= 2
     assert any("max_nodes=3" in r.getMessage() for r in caplog.records)
-    reports = {m.topic for m in everything.msgs if m.topic.startswith("espcam/_backend/nodes/")}
-    assert len(reports) == 3
+
+    def reports() -> set[str]:
+        return {m.topic for m in everything.msgs if m.topic.startswith("espcam/_backend/nodes/")}
+
+    # Reports go out on the backend's timer tick, after the events.
+    everything.wait(lambda m: len(reports()) >= 3)
+    assert len(reports()) == 3
 
 
 def test_frames_in_memory_never_exceed_max_bytes_total(start_backend, light_node, everything):

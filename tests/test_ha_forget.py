@@ -48,6 +48,8 @@ def seen(broker, settings, node: str) -> None:
         fid = cam.publish_frame(make_jpeg(seed=5))
         obs.json_on(f"espcam/{node}/event", lambda e: e["frame"] == fid)
         obs.topic(f"homeassistant/device/espcam_{node}/config")
+        # The backend's report goes out on its next timer tick, after the event.
+        obs.json_on(f"espcam/_backend/nodes/{node}", lambda r: r["last_frame"] == fid)
         cam.sleep()
     finally:
         obs.close()
