@@ -1,7 +1,7 @@
 """Bench item 3b: the backend's per-frame stages timed one at a time, as shipped, against what
-they cost before the fixes (re-created here: SQLite's rollback journal) and one candidate that
-is not applied (a JPEG check at 1/8 scale); and the storage path against the size of the
-node's history in the index."""
+they cost before the fixes (re-created here: SQLite's rollback journal; or the earlier backend/
+itself, from git, in a subprocess) and one candidate that is not applied (a JPEG check at 1/8
+scale); and the storage path against the size of the node's history in the index."""
 
 from __future__ import annotations
 
@@ -20,11 +20,10 @@ from PIL import Image
 from backend.jpeg import inspect_jpeg
 from backend.storage import Storage
 from bench.common import ROOT, jpeg_pool, pct, table
-from bench.ingest import BEFORE_COMMIT, CACHE, before_tree
+from bench.ingest import BEFORE_COMMIT, CACHE, PREV_COMMIT, backend_tree
 
 NODE = "bench-node"
 HISTORY = (0, 8640, 100_000)
-SHIPPED_RETENTION = Storage.apply_retention  # kept: bench.serve_candidates replaces it
 
 
 def draft_check(data: bytes) -> tuple[int, int]:
@@ -55,22 +54,6 @@ def _store(st: Storage, now: float, pool: list[bytes]):
     return f
 
 
-def retention_candidate(st: Storage, node: str, now: float | None = None) -> int:
-    """Candidate for Storage.apply_retention (measured here, not applied): without a byte
-    limit, first ask the (node, taken_at) index whether any frame is past the age limit, in
-    O(log n), instead of counting the node's rows (O(n)) on every stored frame; only then run
-    the shipped walk. Same result: with nothing too old and no byte limit it deletes nothing."""
-    ret = st.retention
-    if ret.max_bytes <= 0:
-        if ret.max_age_days <= 0:
-            return 0
-        cutoff = (time.time() if now is None else now) - ret.max_age_days * 86400
-        if st.db.execute("SELECT 1 FROM frames WHERE node = ? AND taken_at < ? LIMIT 1",
-                         (node, cutoff)).fetchone() is None:
-            return 0
-    return SHIPPED_RETENTION(st, node, now)
-
-
 def _fill(st: Storage, existing: int, now: float) -> None:
     with st.db:
         st.db.executemany(
@@ -80,26 +63,52 @@ def _fill(st: Storage, existing: int, now: float) -> None:
               45000, 640, 480, "interval", i, f"{NODE}/old/{i}.jpg") for i in range(existing)])
 
 
-def store_times() -> dict[str, tuple[float, float]]:
-    """Storage.store and apply_retention, p50 ms, against the history size, for whichever
-    backend/ is imported: run in a subprocess with an older tree first on sys.path."""
+def _index_reads(st: Storage, fid: int, crc: int) -> None:
+    # What the service reads from the index per stored frame besides Storage.store: has() for
+    # the first chunk and again for the whole frame, is_latest() (is it the newest? latest()
+    # in a backend that has no is_latest), count() for the node's report.
+    st.has(NODE, fid, crc)
+    st.has(NODE, fid, crc)
+    if hasattr(st, "is_latest"):
+        st.is_latest(NODE, f"{NODE}/none.jpg")
+    else:
+        st.latest(NODE)
+    st.count(NODE)
+
+
+def store_times() -> dict[str, dict[str, float]]:
+    """Per history size, for whichever backend/ is imported (run in a subprocess with an older
+    tree first on sys.path): the first store after opening (it pays for whatever the backend
+    reads once per node), then p50 ms of Storage.store, apply_retention, count() and the
+    subscriber's other index reads per frame."""
     pool = jpeg_pool(CACHE, 16)
+    crc5 = zlib.crc32(pool[5])
     out = {}
     for existing in HISTORY:
         with tempfile.TemporaryDirectory(prefix="espcam-bench-store-") as d:
             st = Storage(Path(d))
             now = time.time()
             _fill(st, existing, now)
+            st.close()
+            st = Storage(Path(d))  # a fresh process's view: nothing about the node read yet
             v = _time(_store(st, now, pool), list(range(1, 31)))
             t_ret = _time(lambda _x, st=st, now=now: st.apply_retention(NODE, now),
-                          list(range(10)))
+                          list(range(50)))
+            t_cnt = _time(lambda _x, st=st: st.count(NODE), list(range(50)))
+            t_rd = _time(lambda _x, st=st: _index_reads(st, 5, crc5), list(range(50)))
             st.close()
-        out[str(existing)] = (pct(v, 50), pct(t_ret, 50))
+        out[str(existing)] = {"first_store": v[0], "store": pct(v[1:], 50),
+                              "retention": pct(t_ret, 50), "count": pct(t_cnt, 50),
+                              "reads": pct(t_rd, 50)}
     return out
 
 
-def store_times_before() -> dict[str, tuple[float, float]]:
-    tree = before_tree()
+def _ms3(x: float) -> str:
+    return "< 0.001" if x < 0.0005 else f"{x:.3f}"
+
+
+def store_times_of(commit: str) -> dict[str, dict[str, float]]:
+    tree = backend_tree(commit)
     if tree is None:
         return {}
     code = (f"import sys, json; sys.path[:0] = [{str(tree)!r}, {str(ROOT)!r}]; "
@@ -107,18 +116,9 @@ def store_times_before() -> dict[str, tuple[float, float]]:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=tree, timeout=900)
     if p.returncode:
-        print("backend of", BEFORE_COMMIT, "failed:", p.stderr[-1000:], file=sys.stderr)
+        print("backend of", commit, "failed:", p.stderr[-1000:], file=sys.stderr)
         return {}
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def _index_reads(st: Storage, fid: int, crc: int) -> None:
-    # What the service reads from the index per stored frame besides Storage.store: has() for
-    # the first chunk and again for the whole frame, latest() (is it the newest?), count().
-    st.has(NODE, fid, crc)
-    st.has(NODE, fid, crc)
-    st.latest(NODE)
-    st.count(NODE)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -153,45 +153,33 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append([label, f"{pct(v, 50):.2f}", f"{pct(v, 99):.2f}"])
         res[label] = pct(v, 50)
     # Against the node's history: 30 days at one frame per 5 min is 8640 rows per node; one
-    # frame every 30 s, 86 400. The history is a day old, so retention deletes nothing.
-    before = store_times_before()
+    # frame every 30 s, 86 400. The history is a day old, so retention deletes nothing. The
+    # current backend/ in this process, the earlier ones in subprocesses, one after another.
+    versions = {"now": store_times(), PREV_COMMIT: store_times_of(PREV_COMMIT),
+                BEFORE_COMMIT: store_times_of(BEFORE_COMMIT)}
+    names = {"now": "**now**", PREV_COMMIT: f"{PREV_COMMIT} (before a057350)",
+             BEFORE_COMMIT: f"{BEFORE_COMMIT} (2026-11-24)"}
     hist_rows = []
+    nan = float("nan")
     for existing in HISTORY:
-        with tempfile.TemporaryDirectory(prefix="espcam-bench-store-") as d:
-            st = Storage(Path(d))
-            now = time.time()
-            _fill(st, existing, now)
-            v = _time(_store(st, now, pool), list(range(1, 31)))
-            t_ret = _time(lambda _x, st=st, now=now: st.apply_retention(NODE, now),
-                          list(range(50)))
-            t_cnt = _time(lambda _x, st=st: st.count(NODE), list(range(50)))
-            t_rd = _time(lambda _x, st=st: _index_reads(st, 5, zlib.crc32(pool[5])),
-                         list(range(50)))
-            t_cand = _time(lambda _x, st=st, now=now: retention_candidate(st, NODE, now),
-                           list(range(50)))
-            st.apply_retention = lambda node, now=None, st=st: retention_candidate(st, node, now)
-            v_cand = _time(_store(st, now, pool), list(range(31, 61)))
-            st.close()
-        b_store, b_ret = before.get(str(existing), (float("nan"), float("nan")))
-        hist_rows.append([f"{existing:,}".replace(",", " "), f"{b_store:.2f}", f"{b_ret:.2f}",
-                          f"**{pct(v, 50):.2f}**", f"{pct(t_ret, 50):.2f}",
-                          f"{pct(t_cnt, 50):.2f}", f"{pct(t_rd, 50):.2f}",
-                          f"{pct(t_cand, 50):.3f}", f"{pct(v_cand, 50):.2f}"])
-        res[f"store_before_with_{existing}_rows"] = b_store
-        res[f"retention_before_with_{existing}_rows"] = b_ret
-        res[f"store_with_{existing}_rows"] = pct(v, 50)
-        res[f"retention_with_{existing}_rows"] = pct(t_ret, 50)
-        res[f"count_with_{existing}_rows"] = pct(t_cnt, 50)
-        res[f"reads_with_{existing}_rows"] = pct(t_rd, 50)
-        res[f"retention_candidate_with_{existing}_rows"] = pct(t_cand, 50)
-        res[f"store_candidate_with_{existing}_rows"] = pct(v_cand, 50)
+        for ver in (BEFORE_COMMIT, PREV_COMMIT, "now"):
+            r = versions[ver].get(str(existing), {})
+            f = {k: r.get(k, nan) for k in ("store", "retention", "count", "reads",
+                                            "first_store")}
+            store = f"**{f['store']:.2f}**" if ver == "now" else f"{f['store']:.2f}"
+            hist_rows.append([f"{existing:,}".replace(",", " "), names[ver], store,
+                              _ms3(f["retention"]), _ms3(f["count"]),
+                              f"{f['reads']:.2f}", f"{f['first_store']:.2f}"])
+            for k, x in f.items():
+                res[f"{k}_{ver}_with_{existing}_rows"] = x
     text = table(["stage (per VGA frame)", "p50 ms", "p99 ms"], rows)
-    text += ("\n\nAgainst the node's history (p50 ms; \"before\": backend/ of "
-             f"{BEFORE_COMMIT} in a subprocess, same run):\n\n" + table(
-                 ["rows of the node already indexed", "store, before", "retention, before",
-                  "**store, now**", "retention, now", "one count()",
-                  "subscriber's reads (2 has, latest, count)", "candidate retention",
-                  "store with it"], hist_rows))
+    text += ("\n\nAgainst the node's history (p50 ms over 29 stores and 50 calls each, after "
+             "a first store in a freshly opened index; earlier backend/ trees from git, in "
+             "subprocesses of the same run):\n\n" + table(
+                 ["rows of the node already indexed", "backend", "Storage.store",
+                  "its apply_retention", "one count()",
+                  "subscriber's other reads per frame (2 has, is_latest, count)",
+                  "first store after opening"], hist_rows))
     text += (f"\n\nThe 1/8 draft decode still refuses a truncated JPEG: {refused}.")
     return {"text": text, **res}
 

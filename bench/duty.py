@@ -101,30 +101,40 @@ def run(quick: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="espcam-bench-duty-"))
     cycles = 3 if quick else 6
     measured = {}
-    # proxy=False: the node talks to the broker directly, as a board on Wi-Fi does. Through
-    # the simulator's LinkProxy (its default, for Wi-Fi loss tests) as a second column.
-    for proxy in (False, True):
-        d = work / ("proxy" if proxy else "direct")
+    # "direct": the node talks to the broker directly (proxy=False), as a board on Wi-Fi does.
+    # "relay": through the simulator's LinkProxy (SimNode's default, for Wi-Fi loss tests),
+    # which sets TCP_NODELAY on both its sockets since a057350; "relay_nagle": the same relay
+    # with that undone (its `_no_delay` made a no-op in this process), as it was before.
+    import sim.linkproxy
+
+    for mode in ("direct", "relay", "relay_nagle"):
+        d = work / mode
         broker = Broker(d / "broker").start()
+        no_delay = sim.linkproxy._no_delay
+        if mode == "relay_nagle":
+            sim.linkproxy._no_delay = lambda s: None
         try:
             node = SimNode("duty-1", d / "node", broker.host, broker.port,
                            config={"sleep_interval": 2, "awake": 0, "interval": 0,
                                    "pir_pin": None},
-                           node_src=node_src(d), proxy=proxy)
+                           node_src=node_src(d), proxy=mode != "direct")
             node.start()
             node.wait_for(lambda n=node: n.log().count("bench: sleep_call") >= cycles,
                           60 + 10 * cycles, f"{cycles} duty cycles")
             node.stop()
-            measured[proxy] = sections(node.log())
+            measured[mode] = sections(node.log())
         finally:
+            sim.linkproxy._no_delay = no_delay
             broker.stop()
-    awake, parts, nwakes = measured[False]
-    p_awake, p_parts, _ = measured[True]
+    awake, parts, nwakes = measured["direct"]
+    p_awake, p_parts, _ = measured["relay"]
+    n_awake, n_parts, _ = measured["relay_nagle"]
     rows = [[k, f"{v:.1f}", f"{100 * v / awake:.0f} %",
-             "" if k not in BEFORE else f"{BEFORE[k]:.1f}", f"{p_parts[k]:.1f}"]
+             "" if k not in BEFORE else f"{BEFORE[k]:.1f}", f"{p_parts[k]:.1f}",
+             f"{n_parts[k]:.1f}"]
             for k, v in parts.items()]
     rows.append(["**wake to deepsleep() (simulated)**", f"**{awake:.1f}**", "100 %",
-                 f"{BEFORE['awake']:.1f}", f"{p_awake:.1f}"])
+                 f"{BEFORE['awake']:.1f}", f"**{p_awake:.1f}**", f"{n_awake:.1f}"])
     sim_wifi = parts["wifi"]
     est = []
     for label, wifi_ms in (("fast AP, static IP", WIFI_REAL_MS[0]),
@@ -142,9 +152,11 @@ def run(quick: bool) -> dict[str, Any]:
             f"both state documents and is halved here, and its other row (65.0) was short by "
             f"the second one, added here; its publish row included the watchdog feeds. The node "
             f"talks to the broker directly (SimNode proxy=False), as a board on Wi-Fi does; "
-            f"the last column is the same node through the simulator's relay "
-            f"(sim/linkproxy.py, SimNode's default):\n\n"
-            + table(["section", "ms", "share", "ms before", "ms via sim relay"], rows)
+            f"the last two columns are the same node through the simulator's relay "
+            f"(sim/linkproxy.py, SimNode's default), as shipped (TCP_NODELAY on both its "
+            f"sockets) and with its TCP_NODELAY undone (Nagle on, as before a057350):\n\n"
+            + table(["section", "ms", "share", "ms before", "ms via sim relay",
+                     "via sim relay, Nagle on"], rows)
             + f"\n\nEstimated battery life at one frame every {PERIOD // 60} min "
             f"(awake {ACTIVE_MA:.0f} mA, deep sleep {SLEEP_MA:g} mA stock / "
             f"{SLEEP_MA_MOD:g} mA modified board, {BATTERY_MAH_5V:.0f} mAh at 5 V; the "
@@ -154,6 +166,7 @@ def run(quick: bool) -> dict[str, Any]:
                      "days (modified)"], est))
     return {"text": text, "parts": parts, "awake_ms": awake, "wakes": nwakes,
             "via_relay": p_parts, "via_relay_awake_ms": p_awake,
+            "via_relay_nagle": n_parts, "via_relay_nagle_awake_ms": n_awake,
             "estimates": est, "when": time.time()}
 
 

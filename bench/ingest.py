@@ -6,7 +6,9 @@ announces each frame; bench/counter.py, subscribed to the same frame topic on th
 only counts bytes. Phase A: a burst, as fast as the generator can, for throughput. Phase B: a
 paced stream well under capacity, for latency from the last chunk published to the frame's
 `event` (published by the backend after the file, its directory and the index are durable).
-Phase C (optional): phase A again with py-spy sampling the backend.
+Phase C (optional): phase A again with py-spy sampling the backend. Side by side with the
+current backend: the backends of PREV_COMMIT and BEFORE_COMMIT (from git, each on a broker
+configured as it was then) and a candidate (bench/serve_candidates.py).
 """
 
 from __future__ import annotations
@@ -44,25 +46,35 @@ from bench.common import (
 
 CHUNK = 4096
 CACHE = Path(tempfile.gettempdir()) / "espcam-bench-jpegs"
-# The backend as the run of 2026-11-24 measured it, before the fixes of docs/benchmarks.md
-# (Nagle on, rollback journal, retention reading the whole history, a count-bounded queue);
-# taken from git (read only: `git archive`) and run side by side with the current one.
+# Earlier backends, taken from git (read only: `git archive`) and run side by side with the
+# current one. BEFORE_COMMIT: as the run of 2026-11-24 measured it (Nagle on, rollback
+# journal, retention reading the whole history, a count-bounded queue). PREV_COMMIT: the tree
+# the run of 2026-12-01 18:39 measured, before a057350 (a COUNT(*) per stored frame, the
+# retained image at QoS 1, timers after every message).
 BEFORE_COMMIT = "c36bdb5"
+PREV_COMMIT = "b1934b5"
+# Both ran with a Mosquitto without `set_tcp_nodelay` (added to deploy/mosquitto/protocol.conf
+# in a057350); the tests' broker reads today's protocol.conf, and the last setting wins.
+NAGLE_BROKER = "set_tcp_nodelay false\n"
 
 
-def before_tree() -> Path | None:
-    """backend/ of BEFORE_COMMIT unpacked in a temporary folder, or None without git."""
-    dest = Path(tempfile.gettempdir()) / f"espcam-bench-backend-{BEFORE_COMMIT}"
+def backend_tree(commit: str) -> Path | None:
+    """backend/ of `commit` unpacked in a temporary folder, or None without git."""
+    dest = Path(tempfile.gettempdir()) / f"espcam-bench-backend-{commit}"
     if (dest / "backend" / "cli.py").exists():
         return dest
     try:
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_COMMIT, "backend"],
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "backend"],
                              capture_output=True, check=True).stdout
         dest.mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return dest
+
+
+def before_tree() -> Path | None:
+    return backend_tree(BEFORE_COMMIT)
 
 
 class EventWatcher:
@@ -307,6 +319,22 @@ def _median_burst(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return m
 
 
+LABELS = {
+    "now": "**espcam serve**, as shipped (verified, stored, indexed, announced)",
+    "prev": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without set_tcp_nodelay",
+    "before": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Mosquitto without "
+              "set_tcp_nodelay",
+    "draft": "candidate `draft`: JPEG check at 1/8 scale (B3, bench/serve_candidates.py)",
+}
+LAT_LABELS = {
+    "now": "**as shipped**: backend TCP_NODELAY, Mosquitto `set_tcp_nodelay true`",
+    "now_nagle": "the same backend, Mosquitto without `set_tcp_nodelay` (D1 undone; fresh "
+                 "broker and backend)",
+    "prev": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without `set_tcp_nodelay`",
+    "before": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Nagle on everywhere",
+}
+
+
 def run(quick: bool, profile: bool = True) -> dict[str, Any]:
     pool = jpeg_pool(CACHE, 16)
     conns = 20 if quick else 50
@@ -315,15 +343,17 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
     rounds = 1 if quick else 3
     # One broker + backend per variant, all started first; the bursts then take turns, round
     # after round, so that every variant sees the machine in the same states (one burst on
-    # this virtual machine varies by +-25 % from one minute to the next).
-    tree = before_tree()  # the backend before the fixes, or None without git
+    # this virtual machine varies by +-25 % from one minute to the next). The earlier
+    # backends run on a broker configured as it was then (no set_tcp_nodelay).
     specs: dict[str, dict[str, Any]] = {"now": {}}
-    if tree is not None:
-        specs["before"] = {"tree": tree}
+    for key, commit in (("prev", PREV_COMMIT), ("before", BEFORE_COMMIT)):
+        tree = backend_tree(commit)  # None without git
+        if tree is not None:
+            specs[key] = {"tree": tree, "broker_extra": NAGLE_BROKER}
     specs["draft"] = {"candidates": "draft"}
-    specs["image_qos0"] = {"candidates": "image_qos0"}
     sessions: dict[str, Session] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
+    lat: dict[str, dict[str, Any]] = {}
     prof = None
     try:
         for k, kw in specs.items():
@@ -339,17 +369,15 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
         res = {k: _median_burst(r) for k, r in runs.items()}
         for k, v in sessions.items():
             res[k]["peak_rss_mb"] = mem_kb(v.serve.pid)[1] / 1024
-        for k in ("draft", "image_qos0"):
-            sessions.pop(k).close()
+        sessions.pop("draft").close()
         a = res["now"]
-        s = sessions["now"]
         rate = round(min(25.0, a["backend_fps"] * 0.5), 1)
-        b = paced(s.load, s.watcher, rate, paced_s, s.pids)
-        before = res.get("before")
-        if before is not None:
-            v = sessions.pop("before")
-            before["paced"] = paced(v.load, v.watcher, rate, paced_s, v.pids)
-            v.close()
+        for k in [k for k in ("now", "prev", "before") if k in sessions]:
+            v = sessions[k]
+            lat[k] = paced(v.load, v.watcher, rate, paced_s, v.pids)
+            if k != "now":
+                sessions.pop(k).close()
+        s = sessions["now"]
         if profile:
             ptxt = s.work / "profile.txt"
             burst(s.load, s.watcher, s.broker.host, s.broker.port, frames, s.pids, ptxt)
@@ -360,65 +388,57 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
     finally:
         for v in sessions.values():
             v.close()
-    cands = {k: res[k] for k in ("draft", "image_qos0")}
-    # Latency with Nagle's algorithm off on the broker's sockets too (a Mosquitto option the
-    # shipped configuration does not set): is it worth adding?
-    variants = {}
-    for name, extra in (("+ Mosquitto set_tcp_nodelay true", "set_tcp_nodelay true\n"),):
-        v = Session(extra)
-        try:
-            vl = v.make_load(conns, pool)
-            burst(vl, v.watcher, v.broker.host, v.broker.port, 40, v.pids)
-            variants[name] = paced(vl, v.watcher, rate, paced_s, v.pids)
-        finally:
-            v.close()
+    # D1 alone: the current backend on a broker without set_tcp_nodelay, fresh.
+    v = Session(NAGLE_BROKER)
+    try:
+        vl = v.make_load(conns, pool)
+        burst(vl, v.watcher, v.broker.host, v.broker.port, 40, v.pids)
+        lat["now_nagle"] = paced(vl, v.watcher, rate, paced_s, v.pids)
+    finally:
+        v.close()
     sizes = sorted(len(p) for p in pool)
-    others = ({"before": before} if before else {}) | cands
-    if before:
-        variants = {f"before: backend of {BEFORE_COMMIT}": before["paced"]} | variants
+    b = lat["now"]
+
+    def row(k: str) -> list[Any]:
+        c = res[k]
+        return [LABELS[k], c["stored"], f"{c['backend_s']:.2f}",
+                f"**{c['backend_fps']:.1f}** {_spread(c)}" if k == "now"
+                else f"{c['backend_fps']:.1f} {_spread(c)}",
+                f"{c['backend_mbs']:.2f}", f"{c['cpu_cores']['backend']:.2f}",
+                f"{c['cpu_cores']['broker']:.2f}", f"{c['peak_rss_mb']:.0f}",
+                f"{c['ratio']:.2f}"]
+
     text = (f"{conns} publisher connections, {len(pool)} VGA JPEGs of {sizes[0] // 1000} … "
             f"{sizes[-1] // 1000} KB, chunk size {CHUNK}; each variant on its own broker, "
             f"{rounds} bursts of {frames} frames each, taking turns; the burst of median "
-            f"frames/s is shown, with the range of all in brackets.\n\n"
-            + table(["consumer", "frames", "wall s", "frames/s", "MB/s (JPEG)", "CPU cores"], [
-                ["limit: bare paho counter", a["frames"], f"{a['counter_s']:.2f}",
-                 f"{a['counter_fps']:.1f}", f"{a['counter_mbs']:.2f}",
-                 f"{a['cpu_cores']['counter']:.2f}"],
-                ["**espcam serve** (verified, stored, indexed, announced)", a["stored"],
-                 f"{a['backend_s']:.2f}", f"**{a['backend_fps']:.1f}** {_spread(a)}",
-                 f"{a['backend_mbs']:.2f}", f"{a['cpu_cores']['backend']:.2f}"],
-            ] + ([[f"before: backend of {BEFORE_COMMIT} (2026-11-24)",
-                   before["stored"], f"{before['backend_s']:.2f}",
-                   f"{before['backend_fps']:.1f} {_spread(before)}",
-                   f"{before['backend_mbs']:.2f}",
-                   f"{before['cpu_cores']['backend']:.2f}"]] if before else [])
-            + [[f"candidate `{k}` (bench/serve_candidates.py)", c["stored"],
-                  f"{c['backend_s']:.2f}", f"{c['backend_fps']:.1f} {_spread(c)}",
-                  f"{c['backend_mbs']:.2f}",
-                  f"{c['cpu_cores']['backend']:.2f}"] for k, c in cands.items()])
+            f"frames/s is shown, with the range of all in brackets. Peak RSS: the backend's "
+            f"VmHWM after all bursts; ratio: against the counter on the same broker in the "
+            f"same burst.\n\n"
+            + table(["consumer", "frames", "wall s", "frames/s", "MB/s (JPEG)",
+                     "CPU cores", "broker CPU", "peak RSS MB", "ratio to limit"], [
+                ["limit: bare paho counter (broker of the shipped backend)", a["frames"],
+                 f"{a['counter_s']:.2f}", f"{a['counter_fps']:.1f} ("
+                 + "–".join(f"{x:.0f}" for x in (min(a['counter_fps_runs']),
+                                                  max(a['counter_fps_runs']))) + ")",
+                 f"{a['counter_mbs']:.2f}", f"{a['cpu_cores']['counter']:.2f}", "", "", ""],
+            ] + [row(k) for k in ("now", "prev", "before", "draft") if k in res])
             + f"\n\nratio backend/limit: **{a['ratio']:.2f}** "
-            f"({', '.join(f'{x:.2f}' for x in a['ratio_runs'])}; target >= 0.8; the other "
-            "variants against their own counters: "
-            + ", ".join(f"`{k}` {c['ratio']:.2f}" for k, c in others.items()) + "); generator "
-            f"finished publishing in {a['gen_s']:.2f} s; broker CPU "
-            f"{a['cpu_cores']['broker']:.2f} cores; backend peak RSS "
-            f"{a['peak_rss_mb']:.0f} MB (other runs: "
-            + ", ".join(f"`{k}` {c['peak_rss_mb']:.0f} MB" for k, c in others.items())
-            + ").\n\n"
+            f"({', '.join(f'{x:.2f}' for x in a['ratio_runs'])}; target >= 0.8); generator "
+            f"finished publishing in {a['gen_s']:.2f} s.\n\n"
             f"Latency at a paced {b['rate']} frames/s for {b['frames']} frames (last chunk "
             f"published → `event` received, i.e. after fsync of file and directory and the "
-            f"index commit): p50 {b['p50_ms']:.1f} ms, p90 {b['p90_ms']:.1f} ms, p99 "
-            f"{b['p99_ms']:.1f} ms, max {b['max_ms']:.1f} ms; {b['stored']}/{b['frames']} "
-            f"stored; backend CPU {b['cpu_cores']['backend']:.2f} cores, broker "
-            f"{b['cpu_cores']['broker']:.2f}.\n\n"
-            + table(["latency at the same paced rate", "p50 ms", "p90 ms", "p99 ms", "stored"],
-                    [["as shipped (backend TCP_NODELAY)", f"{b['p50_ms']:.1f}",
-                      f"{b['p90_ms']:.1f}", f"{b['p99_ms']:.1f}", f"{b['stored']}/{b['frames']}"]]
-                    + [[k, f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}", f"{v['p99_ms']:.1f}",
-                        f"{v['stored']}/{v['frames']}"] for k, v in variants.items()]))
+            f"index commit), each backend on its own broker:\n\n"
+            + table(["latency at the same paced rate", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                     "stored", "backend CPU", "broker CPU"],
+                    [[LAT_LABELS[k], f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}",
+                      f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}",
+                      f"{v['stored']}/{v['frames']}", f"{v['cpu_cores']['backend']:.2f}",
+                      f"{v['cpu_cores']['broker']:.2f}"]
+                     for k in ("now", "now_nagle", "prev", "before") if k in lat
+                     for v in [lat[k]]]))
     if prof:
         tot = prof["samples"] or 1
-        text += ("\n\nProfile of the backend's work loop during a second burst (py-spy, "
+        text += ("\n\nProfile of the backend's work loop during a fourth burst (py-spy, "
                  f"{prof['samples']} samples busy in `Backend.run`, {prof['idle']} waiting for "
                  "a message), by the line of backend/ the time was spent under:\n\n"
                  + table(["where (deepest frame in backend/)", "share"],
@@ -426,10 +446,9 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
                  + "\n\n" + table(["function (inclusive)", "share"],
                                     [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["inclusive"]
                                      if n < 0.95 * tot]))
-    return {"text": text, "burst": a, "paced": b, "variants": variants, "candidates": cands,
-            "before": before,
-            "profile": prof,
-            "workdir": str(work)}
+    return {"text": text, "burst": a, "paced": b, "latency": lat,
+            "candidates": {"draft": res["draft"]}, "before": res.get("before"),
+            "prev": res.get("prev"), "profile": prof, "workdir": str(work)}
 
 
 if __name__ == "__main__":

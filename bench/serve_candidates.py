@@ -1,16 +1,15 @@
-"""`espcam serve` with candidate changes to the backend applied in-process, so that bench item 3
-can measure them end to end without editing backend/ (they are proposals, not fixes):
+"""`espcam serve` with a candidate change to the backend applied in-process, so that bench
+item 3 can measure it end to end without editing backend/ (a proposal, not a fix):
 
-- the JPEG check decodes every block but does the IDCT at 1/8 scale (Pillow's draft mode): a
-  truncated or corrupt scan still fails, but the pixels are not all produced;
-- Storage.apply_retention first asks the (node, taken_at) index whether anything is past the
-  age limit (bench.backend_parts.retention_candidate) instead of counting the node's rows;
-- the retained `image` is published at QoS 0: paho keeps every QoS 1 message it sends until
-  the broker's PUBACK, which it cannot read while its thread waits for room in the backend's
-  queue, so during a backlog every frame's JPEG stays in memory a second time.
+- `draft`: the JPEG check decodes every block but does the IDCT at 1/8 scale (Pillow's draft
+  mode): a truncated or corrupt scan still fails, but the pixels are not all produced (B3).
 
-    ESPCAM_BENCH_CANDIDATES=draft,retention,image_qos0 \
-        python -m bench.serve_candidates serve --broker HOST:PORT --data-dir DIR
+The candidates measured here earlier (retention asking the index first, the retained `image` at
+QoS 0) are in backend/ since a057350; item 3 measures their effect against the backend of
+b1934b5 (bench.ingest.PREV_COMMIT) instead.
+
+    ESPCAM_BENCH_CANDIDATES=draft python -m bench.serve_candidates serve --broker HOST:PORT \
+        --data-dir DIR
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from PIL import Image
 
 import backend.subscriber
 from backend.jpeg import DEFAULT_MAX_PIXELS, JpegInfo, NotAJpeg, TooManyPixels, inspect_jpeg
-from backend.storage import Storage
-from bench.backend_parts import retention_candidate
 
 
 def inspect_jpeg_draft(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> JpegInfo:
@@ -46,16 +43,12 @@ def inspect_jpeg_draft(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 def main() -> int:
     which = set(os.environ.get("ESPCAM_BENCH_CANDIDATES", "").split(","))
+    unknown = which - {"", "draft"}
+    if unknown:
+        print(f"unknown candidates: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     if "draft" in which:
         backend.subscriber.inspect_jpeg = inspect_jpeg_draft
-    if "retention" in which:
-        Storage.apply_retention = retention_candidate  # type: ignore[method-assign]
-    if "image_qos0" in which:
-        def publish(self, topic_name, payload, retain=False):  # noqa: ANN001, ANN202
-            qos = 0 if topic_name.endswith("/image") else 1
-            self.client.publish(topic_name, payload, qos=qos, retain=retain)
-
-        backend.subscriber.Backend.publish = publish
     from backend.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
