@@ -8,7 +8,7 @@ paced stream well under capacity, for latency from the last chunk published to t
 `event` (published by the backend after the file, its directory and the index are durable).
 Phase C (optional): phase A again with py-spy sampling the backend. Side by side with the
 current backend: the backends of PREV_COMMIT and BEFORE_COMMIT (from git, each on a broker
-configured as it was then) and a candidate (bench/serve_candidates.py).
+configured as it was then) and the current one with B3 undone (bench/serve_candidates.py).
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ LABELS = {
     "prev": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without set_tcp_nodelay",
     "before": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Mosquitto without "
               "set_tcp_nodelay",
-    "draft": "candidate `draft`: JPEG check at 1/8 scale (B3, bench/serve_candidates.py)",
+    "full_decode": "the same backend with B3 undone: full JPEG decode (bench/serve_candidates.py)",
 }
 LAT_LABELS = {
     "now": "**as shipped**: backend TCP_NODELAY, Mosquitto `set_tcp_nodelay true`",
@@ -350,7 +350,7 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
         tree = backend_tree(commit)  # None without git
         if tree is not None:
             specs[key] = {"tree": tree, "broker_extra": NAGLE_BROKER}
-    specs["draft"] = {"candidates": "draft"}
+    specs["full_decode"] = {"candidates": "full_decode"}
     sessions: dict[str, Session] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     lat: dict[str, dict[str, Any]] = {}
@@ -369,7 +369,7 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
         res = {k: _median_burst(r) for k, r in runs.items()}
         for k, v in sessions.items():
             res[k]["peak_rss_mb"] = mem_kb(v.serve.pid)[1] / 1024
-        sessions.pop("draft").close()
+        sessions.pop("full_decode").close()
         a = res["now"]
         rate = round(min(25.0, a["backend_fps"] * 0.5), 1)
         for k in [k for k in ("now", "prev", "before") if k in sessions]:
@@ -421,7 +421,7 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
                  + "–".join(f"{x:.0f}" for x in (min(a['counter_fps_runs']),
                                                   max(a['counter_fps_runs']))) + ")",
                  f"{a['counter_mbs']:.2f}", f"{a['cpu_cores']['counter']:.2f}", "", "", ""],
-            ] + [row(k) for k in ("now", "prev", "before", "draft") if k in res])
+            ] + [row(k) for k in ("now", "prev", "before", "full_decode") if k in res])
             + f"\n\nratio backend/limit: **{a['ratio']:.2f}** "
             f"({', '.join(f'{x:.2f}' for x in a['ratio_runs'])}; target >= 0.8); generator "
             f"finished publishing in {a['gen_s']:.2f} s.\n\n"
@@ -447,7 +447,7 @@ def run(quick: bool, profile: bool = True) -> dict[str, Any]:
                                     [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["inclusive"]
                                      if n < 0.95 * tot]))
     return {"text": text, "burst": a, "paced": b, "latency": lat,
-            "candidates": {"draft": res["draft"]}, "before": res.get("before"),
+            "candidates": {"full_decode": res["full_decode"]}, "before": res.get("before"),
             "prev": res.get("prev"), "profile": prof, "workdir": str(work)}
 
 

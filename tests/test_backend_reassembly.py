@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import random
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lightnode import encode_chunks, make_jpeg  # noqa: E402
 
-from backend.jpeg import NotAJpeg, inspect_jpeg  # noqa: E402
+from backend.jpeg import JpegInfo, NotAJpeg, inspect_jpeg  # noqa: E402
 from backend.protocol import decode_chunk  # noqa: E402
 from backend.reassembly import FrameRejected, Limits, Reassembler  # noqa: E402
 
@@ -105,6 +107,41 @@ def test_non_jpeg_frame_is_rejected_by_inspection():
     for junk in (b"\x00" * 1000, b"GIF89a" + b"\x00" * 100, truncated):
         with pytest.raises(NotAJpeg):
             inspect_jpeg(junk)
+
+
+def full_decode_refuses(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+        return False
+    except Exception:
+        return True
+
+
+def test_inspection_refuses_every_damaged_jpeg_a_full_decode_refuses():
+    """The check decodes at 1/8 scale; damage must be caught exactly as by a full decode."""
+    rnd = random.Random(7)
+    refused = 0
+    for src in (make_jpeg(seed=1), make_jpeg(640, 480, seed=2)):
+        assert inspect_jpeg(src) == JpegInfo(*Image.open(io.BytesIO(src)).size)
+        for _ in range(150):
+            d = bytearray(src)
+            at = rnd.randrange(2, len(d))
+            match rnd.randrange(3):
+                case 0:
+                    del d[at:]
+                case 1:
+                    d[at] ^= 1 << rnd.randrange(8)
+                case _:
+                    del d[at:at + rnd.randrange(1, 200)]
+            expected = full_decode_refuses(bytes(d))
+            refused += expected
+            try:
+                inspect_jpeg(bytes(d))
+                assert not expected, f"damage at byte {at} passed the check"
+            except NotAJpeg:
+                assert expected, f"a full decode takes damage at byte {at}, the check refused"
+    assert refused > 30  # the damage was real: many of the frames were refused
 
 
 def test_size_and_chunk_count_limits():
