@@ -876,10 +876,13 @@ class Backend:
         self._lost(lost)
         for req in requests:
             self.request_resend(req)
-        if self._announce_due and self.connected.is_set():
+        # Read once: _on_connect (paho's thread) sets _announce_due before `connected`, so with
+        # one reading the status never goes out before the discovery of the same connection.
+        connected = self.connected.is_set()
+        if self._announce_due and connected:
             self._announce_due = False
             self.announce()
-        if self._reports_due and self.connected.is_set():
+        if self._reports_due and connected:
             self._publish_reports()
         if self._pending and now >= self._next_retry:
             while self._pending:
@@ -891,7 +894,7 @@ class Backend:
             # frames otherwise.
             self._next_retention = now + self.settings.retention_interval
             self._apply_retention(now)
-        if now >= self._status_due and self.connected.is_set():
+        if now >= self._status_due and connected:
             self.publish_status()
             self._status_due = now + STATUS_EVERY
 
