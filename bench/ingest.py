@@ -73,10 +73,6 @@ def backend_tree(commit: str) -> Path | None:
     return dest
 
 
-def before_tree() -> Path | None:
-    return backend_tree(BEFORE_COMMIT)
-
-
 class EventWatcher:
     """Records when each (node, frame) event arrives, and the backend's availability."""
 

@@ -6,8 +6,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from polling import wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_CONF = ROOT / "deploy" / "mosquitto" / "protocol.conf"
@@ -68,18 +69,9 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=open(self.dir / "mosquitto.stderr", "ab"),
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    "mosquitto exited: " + (self.dir / "mosquitto.stderr").read_text()
-                )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
+        wait_listening(self.host, self.port, self.proc,
+                       lambda: (self.dir / "mosquitto.stderr").read_text())
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -17,15 +17,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 from broker import free_port, mosquitto_binary
+from polling import wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -118,18 +117,8 @@ class ComposeStack:
         proc = subprocess.Popen([mosquitto_binary(), "-c", str(path)], stdout=log,
                                 stderr=subprocess.STDOUT, **who)
         self.procs.append(proc)
-        self._wait_listening(proc)
-
-    def _wait_listening(self, proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, (self.dir / "mosquitto.log").read_text()
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
+        wait_listening(self.host, self.port, proc,
+                       lambda: (self.dir / "mosquitto.log").read_text())
 
     def env_values(self) -> dict[str, str]:
         out = {}

@@ -19,22 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from polling import wait_until  # noqa: F401 (the e2e tests take it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 ESPCAM = str(Path(sys.executable).parent / "espcam")
 OK, ERROR, USAGE, REFUSED, QUEUED, NO_ANSWER = range(6)  # docs/backend.md, exit codes
 PIN_FLASH = 4
-
-
-def wait_until(pred, timeout: float = 30, what: str = "condition"):
-    """Polls pred() until it returns something truthy and returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Serve:

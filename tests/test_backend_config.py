@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from broker import free_port, mosquitto_binary  # noqa: E402
+from polling import wait_listening  # noqa: E402
 
 from backend.config import ConfigError, load  # noqa: E402
 
@@ -81,15 +81,7 @@ def test_shipped_broker_config_starts_mosquitto(tmp_path):
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(tmp_path / "m.conf")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
+        wait_listening("127.0.0.1", port, proc, lambda: proc.stdout.read().decode())
     finally:
         proc.terminate()
         proc.wait(5)

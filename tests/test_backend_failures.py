@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lightnode import LightNode, encode_chunks, make_jpeg  # noqa: E402
 from observer import Observer  # noqa: E402
+from polling import wait_until  # noqa: E402
 
 from backend import storage as storage_mod  # noqa: E402
 from backend.config import Settings  # noqa: E402
@@ -45,14 +46,6 @@ def start(settings: Settings) -> Backend:
     return b
 
 
-def wait(pred, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not (v := pred()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return v
-
-
 def event_of(obs: Observer, frame_id: int, start: int = 0) -> dict:
     return obs.json_on("espcam/cam-f/event", lambda e: e["frame"] == frame_id, start=start)
 
@@ -70,7 +63,7 @@ def test_frame_waiting_for_the_disk_at_stop_is_logged_and_comes_back_after_resta
     monkeypatch.setattr(storage_mod, "_write_all", disk_full)
     jpeg = make_jpeg(seed=1)
     fid = cam.publish_frame(jpeg)
-    wait(lambda: b.status()["pending_frames"] == 1, "the frame waiting for the disk")
+    wait_until(lambda: b.status()["pending_frames"] == 1, what="the frame waiting for the disk")
     b.stop()
     assert any(f"LOST frame {fid} of node cam-f: not stored when the backend stopped"
                in r.getMessage() for r in caplog.records)
@@ -92,7 +85,7 @@ def test_incomplete_frame_at_stop_is_logged_and_completed_after_restart(
     jpeg = make_jpeg(seed=2)
     n = len(encode_chunks(jpeg, 1, cam.chunk_size, None))
     fid = cam.publish_frame(jpeg, skip={1})
-    wait(lambda: b.status()["frames_in_flight"] == 1, "the incomplete frame")
+    wait_until(lambda: b.status()["frames_in_flight"] == 1, what="the incomplete frame")
     b.stop()
     assert any(f"LOST frame {fid} of node cam-f: incomplete when the backend stopped"
                in r.getMessage() and f"1 of {n} chunks missing" in r.getMessage()
@@ -113,7 +106,7 @@ def test_an_error_in_the_timers_does_not_end_the_service(settings, cam, everythi
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(b.reassembler, "tick", broken)
-        wait(lambda: b.status()["counters"].get("errors", 0) >= 2, "the timers to fail")
+        wait_until(lambda: b.status()["counters"].get("errors", 0) >= 2, what="the timers to fail")
         fid = cam.publish_frame(make_jpeg(seed=3))
         event_of(everything, fid)
         assert any("unexpected error in the backend's timers" in r.getMessage()
@@ -129,7 +122,7 @@ def test_retention_on_a_full_disk_after_a_storage_retry_does_not_end_the_service
     try:
         monkeypatch.setattr(storage_mod, "_write_all", disk_full)
         first = cam.publish_frame(make_jpeg(seed=4))
-        wait(lambda: b.status()["pending_frames"] == 1, "the frame waiting for the disk")
+        wait_until(lambda: b.status()["pending_frames"] == 1, what="the frame waiting for the disk")
 
         def full(self, node, now=None):
             raise sqlite3.OperationalError("database or disk is full")
@@ -156,7 +149,7 @@ def test_index_that_cannot_answer_keeps_the_frame_for_a_retry(settings, cam, eve
         monkeypatch.setattr(storage_mod.Storage, "has", io_error)
         jpeg = make_jpeg(seed=6)
         fid = cam.publish_frame(jpeg)
-        wait(lambda: b.status()["pending_frames"] == 1, "the frame kept for a retry")
+        wait_until(lambda: b.status()["pending_frames"] == 1, what="the frame kept for a retry")
         assert "disk I/O error" in b.status()["storage"]
         monkeypatch.undo()
         assert Path(event_of(everything, fid)["file"]).read_bytes() == jpeg

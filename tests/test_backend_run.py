@@ -13,10 +13,10 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,14 +63,6 @@ class Run:
     def stored(self, node: str) -> list[int]:
         return sorted(int(p.stem.rsplit("_", 1)[1])
                       for p in self.data_dir.glob(f"{node}/*/*.jpg"))
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (v := pred()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return v
 
 
 def survivors(tmp: Path) -> list[str]:

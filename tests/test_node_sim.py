@@ -1,10 +1,10 @@
 """A simulated node (the unmodified node/ files on MicroPython) against a real Mosquitto."""
 
 import json
-import time
 
 import pytest
 from observer import retained
+from polling import wait_until
 
 PIN_FLASH = 4
 
@@ -13,13 +13,6 @@ def online(observer, node="cam-1", start=0, timeout=30):
     observer.topic(f"espcam/{node}/availability", timeout, start, payload=b"online")
 
 
-def wait_until(pred, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_birth_and_retained_state(broker, observer, make_node):
