@@ -117,7 +117,7 @@ class SimNode:
     images/     generated JPEG pool (unless `images_dir` is given)
     captures/   every frame the camera handed to the app, 000001.jpg, ...
     ctl/        injected conditions: motion (one-shot), wifi_down, camera_fail, camera_stuck,
-                pir_high
+                pir_high; poweroff (stop() asking the node to power off between frames)
     node.log    the app's stdout and stderr, appended across boots
     sim.json, boot.json, pins.json, rtc.bin, wdt.json, wdt, exit.json, camera.on: stand-in state
 
@@ -192,6 +192,7 @@ class SimNode:
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._poweroff = threading.Event()   # an orderly stop is under way (stop())
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -202,9 +203,11 @@ class SimNode:
             raise RuntimeError(f"{self.name} is already running")
         for f in ("rtc.bin", "exit.json", "pins.json"):
             (self.dir / f).unlink(missing_ok=True)
+        (self.ctl / "poweroff").unlink(missing_ok=True)
         if self.proxy is not None:
             self.proxy.start()
         self._stop = threading.Event()
+        self._poweroff = threading.Event()
         self.status = "running"
         self.returncode = None
         self._thread = threading.Thread(
@@ -213,8 +216,24 @@ class SimNode:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ends the node process (SIGTERM, then SIGKILL) and any pending restart."""
+    def request_poweroff(self) -> None:
+        """Asks the node to power off at its next idle(), between frames; stop() waits for it.
+        Stopping many nodes, ask them all first, so that they finish their frames together.
+        The supervisor keeps running meanwhile: the node is started with PR_SET_PDEATHSIG, so
+        the end of the supervising thread would kill it in the middle of the frame."""
+        self._poweroff.set()
+        (self.ctl / "poweroff").touch()
+
+    def stop(self, timeout: float = 5.0, grace: float = 3.0) -> None:
+        """An orderly power-off and no restart: the node finishes the frame it is sending and
+        powers off at its next idle(). One that does not get there within `grace` seconds
+        (stuck on a broker that does not answer, say) gets SIGTERM, then SIGKILL. kill() is
+        the power cut in the middle of anything."""
+        self.request_poweroff()
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
         self._stop.set()
         self._signal(signal.SIGTERM)
         proc = self._proc
@@ -397,7 +416,7 @@ class SimNode:
         """Waits for the process to end; returns 'exit', 'wdt' or 'stop'."""
         while True:
             if proc.poll() is not None:
-                return "stop" if self._stop.is_set() else "exit"
+                return "stop" if self._ending() else "exit"
             if self._stop.is_set():
                 return "stop"
             wdt = _read_json(self.dir / "wdt.json")
@@ -424,7 +443,7 @@ class SimNode:
             "slept", f"{ms} ms" + (f", ext0 wake on GPIO{ext0}" if ext0 is not None else "")
         )
         deadline = None if ms is None else time.monotonic() + ms / 1000
-        while not self._stop.is_set():
+        while not self._ending():
             if ext0 is not None:
                 # ext0 wakes on a level: at once if the input is already at it (idle low, or the
                 # PIR held high by pir_high())
@@ -439,11 +458,15 @@ class SimNode:
             self._stop.wait(0.02)
         return None
 
+    def _ending(self) -> bool:
+        # No restart, no wake: stopped, or powering off (which ends the process by itself).
+        return self._stop.is_set() or self._poweroff.is_set()
+
     def _supervise(self) -> None:
         reset_cause, wake = PWRON_RESET, 0
-        while not self._stop.is_set():
+        while not self._ending():
             with self._lock:
-                if self._stop.is_set():
+                if self._ending():
                     break
                 self._proc = proc = self._spawn(reset_cause, wake)
             outcome = self._watch(proc)
@@ -544,7 +567,7 @@ class Simulator:
             return
         self._stopped = True
         for n in self.nodes:
-            n._stop.set()
+            n.request_poweroff()
         for n in self.nodes:
             n.stop()
 

@@ -1,9 +1,13 @@
 """A simulated node (the unmodified node/ files on MicroPython) against a real Mosquitto."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
-from observer import retained
+from observer import parse_chunk, retained
 from polling import wait_until
 
 PIN_FLASH = 4
@@ -107,6 +111,64 @@ def test_killed_node_goes_offline_via_last_will(observer, make_node):
     start = observer.mark()
     node.kill()
     observer.topic("espcam/cam-1/availability", 30, start, payload=b"offline")
+
+
+def test_stop_lets_a_half_sent_frame_finish_before_the_power_goes_off(observer, make_node):
+    """Stopping the simulator (Ctrl-C on ./run) powers the nodes off between frames: a frame
+    caught half sent is sent whole, and its command acked, before the node ends. (kill() is
+    the power cut in the middle of a frame.)"""
+    node = make_node("cam-1", config={"chunk_size": 256})
+    online(observer)
+    frozen = threading.Event()
+    relay = observer.c.on_message
+
+    def freeze_at_first_chunk(c, u, m):
+        # In the observer's network thread: the node is stopped within a few chunks.
+        if m.topic == "espcam/cam-1/frame" and not frozen.is_set():
+            os.kill(node._proc.pid, signal.SIGSTOP)
+            frozen.set()
+        relay(c, u, m)
+
+    observer.c.on_message = freeze_at_first_chunk
+    for attempt in range(10):
+        start = observer.mark()
+        frozen.clear()
+        observer.c.publish("espcam/cam-1/cmd", json.dumps({"id": f"c{attempt}",
+                                                            "cmd": "capture"}), qos=1)
+        assert frozen.wait(30), "no chunk of the frame arrived"
+        time.sleep(0.3)   # whatever the node had written before the SIGSTOP arrives
+        chunks = [m for m in observer.msgs[start:] if m.topic == "espcam/cam-1/frame"]
+        first = parse_chunk(chunks[0].payload)
+        fid = first.frame_id
+        if len(chunks) < first.count:
+            break   # caught in the middle of the frame
+        os.kill(node._proc.pid, signal.SIGCONT)   # the whole frame was out already; again
+    else:
+        pytest.fail("never caught a frame half sent")
+    observer.c.on_message = relay
+    proc = node._proc
+    stopping = threading.Thread(target=node.stop)
+    stopping.start()
+    wait_until(lambda: (node.ctl / "poweroff").exists(), what="the power-off request")
+    os.kill(proc.pid, signal.SIGCONT)
+    stopping.join(30)
+    assert not stopping.is_alive() and proc.poll() is not None and node.status == "stopped"
+    # It powered off by itself, at its next idle(), not by the SIGTERM that ends a stuck node.
+    assert json.loads((node.dir / "exit.json").read_text())["why"] == "poweroff"
+    data, _, _ = observer.frame("cam-1", fid, timeout=10, start=start)
+    assert data == node.captures()[-1].read_bytes()
+    ack = observer.json_on("espcam/cam-1/ack", lambda d: d["id"] == f"c{attempt}", 10, start)
+    assert ack["ok"] and ack["result"] == {"frame": fid}
+
+
+def test_stop_ends_a_node_that_never_gets_to_idle(observer, make_node):
+    node = make_node("cam-1")
+    online(observer)
+    proc = node._proc
+    os.kill(proc.pid, signal.SIGSTOP)   # as a node stuck in a call that never returns
+    node.stop(grace=0.5)
+    assert proc.poll() is not None and node.status == "stopped"
+    assert not (node.dir / "exit.json").exists()
 
 
 def test_duty_cycle_wakes_captures_and_sleeps_with_consecutive_frame_ids(observer, make_node):

@@ -130,7 +130,11 @@ class Pin:
 
 def idle():
     # On the board: yield to other tasks, return at once. Here also where injected events
-    # (ctl/motion: a rising edge on every input pin with a rising-edge handler) are delivered.
+    # (ctl/motion: a rising edge on every input pin with a rising-edge handler) are delivered,
+    # and where the runner's orderly stop (ctl/poweroff) takes effect: the app calls idle()
+    # between frames, so the power goes off only once the frame being sent has been sent.
+    if _sb.ctl("poweroff"):
+        _sb.exit_board("poweroff")
     if _irqs and _sb.take_ctl("motion"):
         for i in _irqs:
             trig, handler = _irqs[i]
