@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lightnode import LightNode, encode_chunks, make_jpeg  # noqa: E402
 from observer import Observer  # noqa: E402
+from polling import wait_until  # noqa: E402
 
 from backend.config import Settings  # noqa: E402
 from backend.discovery import discovery_topic  # noqa: E402
@@ -101,7 +102,7 @@ def test_message_queue_is_bounded_by_bytes_and_loses_nothing(start_backend, ligh
             frames[cam.publish_frame(jpeg, wait=False)] = jpeg
             assert b.messages.bytes <= limit
         # paho's thread stops at the limit; the broker and TCP hold the rest.
-        everything.wait(lambda m: b.messages.bytes > limit - 4200, timeout=30)
+        wait_until(lambda: b.messages.bytes > limit - 4200, 30, "the queue to fill")
         assert b.messages.bytes <= limit
     for fid, jpeg in frames.items():
         assert Path(stored(everything, "cam-q", fid)["file"]).read_bytes() == jpeg

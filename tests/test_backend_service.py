@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -120,8 +121,10 @@ def test_dropped_chunks_are_requested_again_and_the_frame_completes(backend, lig
     fid = cam.publish_frame(jpeg, skip={0, 2, n - 1})
     event = wait_stored(w, "cam-drop", fid)
     assert (data_dir / event["path"]).read_bytes() == jpeg
-    assert [r["chunks"] for r in cam.resend_requests] == [[0, 2, n - 1]]
-    assert cam.resend_requests[0]["frame"] == fid
+    # Asked for exactly the missing chunks. (A slow round trip, past resend_after=0.3 s, can
+    # bring a second request for what is still missing; that is not what this test is about.)
+    assert cam.resend_requests[0]["chunks"] == [0, 2, n - 1]
+    assert all(r["frame"] == fid for r in cam.resend_requests)
 
 
 def test_frame_no_longer_held_is_counted_lost_with_a_log_line(backend, light_node, watch, data_dir,
@@ -147,8 +150,9 @@ def test_chunk_corrupted_on_the_way_is_asked_for_again_and_the_frame_stored(back
     event = wait_stored(w, "cam-crc", fid)
     assert (data_dir / event["path"]).read_bytes() == jpeg
     n = len(encode_chunks(jpeg, fid, cam.chunk_size, None))
-    (req,) = cam.resend_requests
+    req = cam.resend_requests[0]
     assert req["frame"] == fid and req.get("chunks", list(range(n))) == list(range(n))
+    assert all(r["frame"] == fid for r in cam.resend_requests)
     counters = backend.status()["counters"]
     assert counters["crc_failures"] == 1 and counters.get("frames_lost", 0) == 0
 
@@ -162,7 +166,7 @@ def test_frame_corrupt_at_the_node_fails_crc_twice_is_lost_and_not_stored(
     good = cam.publish_frame(make_jpeg(seed=2))
     wait_stored(w, "cam-bad", good)
     assert [r[1] for r in index_rows(data_dir)] == [good]
-    assert len(cam.resend_requests) == 1 and cam.resend_requests[0]["frame"] == bad
+    assert cam.resend_requests and all(r["frame"] == bad for r in cam.resend_requests)
     assert backend.status()["counters"]["crc_failures"] == 2
     assert any(f"LOST frame {bad} of node cam-bad" in r.getMessage() and "CRC32" in
                r.getMessage() for r in caplog.records)
@@ -350,12 +354,14 @@ def test_real_full_disk_then_space_freed(broker, light_node, watch, tiny_fs):
         w = watch("espcam/+/event", "espcam/_backend/status")
         cam = light_node("cam-full", chunk_size=4096)
         sent: dict[int, bytes] = {}
-        while not any(s["storage"] != "ok" for s in w.json("espcam/_backend/status")):
+        # Until a frame cannot be written; the status saying so follows on the next tick.
+        while not b.status()["pending_frames"]:
             jpeg = make_jpeg(320, 240, seed=len(sent))  # ~60 KB of noise each
             sent[cam.publish_frame(jpeg)] = jpeg
             w.wait_for(lambda _: b.status()["pending_frames"] or b.status()["counters"].get(
                 "frames_stored", 0) == len(sent))
             assert len(sent) < 50, "the 256 KiB file system never filled up"
+        w.wait_for(lambda _: any(s["storage"] != "ok" for s in w.json("espcam/_backend/status")))
         status = [s for s in w.json("espcam/_backend/status") if s["storage"] != "ok"][0]
         assert "disk full" in status["storage"] or "full" in status["storage"]
         stored = {e["frame"]: e["path"] for e in w.json("espcam/cam-full/event")}
@@ -378,11 +384,14 @@ def test_backend_reconnects_by_itself_after_the_broker_restarts(backend, broker,
         w = watch("espcam/+/event")
         wait_stored(w, "cam-re", cam.publish_frame(make_jpeg(seed=1)))
         w.close()
+        seen = broker.log.stat().st_size
         broker.restart()  # same port; persistence keeps the backend's session
-        # The backend says so itself once it is back: its retained availability.
-        w = watch("espcam/+/event", "espcam/_backend/availability")
-        w.wait_for(lambda _: w.payloads("espcam/_backend/availability")[-1:] == [b"online"],
-                   timeout=60)
+        # The new broker sees the backend come back (its retained availability would say
+        # "online" from the saved state before it did), with its session kept.
+        wait_until(lambda: re.search(r"New client connected .* as backend-under-test \(p\d, c0",
+                                     broker.log.read_text()[seen:]), 60,
+                   "the backend's reconnection")
+        w = watch("espcam/+/event")
         assert cam.connected.wait(30)  # paho's light node reconnects too
         w.wait_for(lambda _: cam.client.is_connected(), timeout=60)
         after = make_jpeg(seed=2)

@@ -175,9 +175,9 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
             everything.topic(f"espcam/{NODE}/availability", start=mark, payload=payload)
             assert not ha.available("camera") and not ha.available("capture"), payload
         # The node vanishes (power cut while awake): the broker publishes its will.
+        mark = everything.mark()
         node.stop()
         node.start()
-        mark = everything.mark()
         everything.topic(f"espcam/{NODE}/availability", start=mark, payload=b"online")
         mark = everything.mark()
         node.kill()

@@ -3,11 +3,12 @@ and never answers, a broker that freezes with connections open, a lost access po
 Wi-Fi password. Real Mosquitto, real MicroPython, the unmodified node files."""
 
 import os
+import re
 import signal
 import socket
 import threading
-import time
 
+from polling import wait_until
 from test_node_sim import online
 
 
@@ -58,9 +59,15 @@ def test_a_frozen_broker_is_noticed_and_the_node_returns_when_it_resumes(broker,
     assert observer.command("cam-1", {"id": "idle", "cmd": "status"})["ok"]
     # The observer's copy of the ack and the node's PUBACK leave Mosquitto one after the other;
     # on a busy machine the broker can be stopped in between (seen once with a CPU hog), and
-    # the node would notice the silence through its unanswered ack instead of its pings. A
-    # moment later the node is idle, waiting on nothing.
-    time.sleep(0.5)
+    # the node would notice the silence through its unanswered ack instead of its pings. The
+    # broker's log says when the PUBACK has gone out: then the node is waiting on nothing.
+    def ack_acked() -> bool:
+        log = broker.log.read_text()
+        mids = re.findall(r"Received PUBLISH from cam-1 \(d\d, q1, r\d, m(\d+), "
+                          r"'espcam/cam-1/ack'", log)
+        return bool(mids) and f"Sending PUBACK to cam-1 (m{mids[-1]}," in log
+
+    wait_until(ack_acked, what="the broker's PUBACK of the node's ack")
     seen = len(node.log())
     os.kill(broker.proc.pid, signal.SIGSTOP)   # connections stay open, nothing is answered
     try:

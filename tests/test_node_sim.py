@@ -60,7 +60,8 @@ def test_flash_on_off_pulse_drive_the_led_pin(observer, make_node):
     wait_until(lambda: node.pins().get(PIN_FLASH) == 1, what="flash on")
     assert observer.command("cam-1", {"id": "f2", "cmd": "flash", "state": "off"})["ok"]
     wait_until(lambda: node.pins().get(PIN_FLASH) == 0, what="flash off")
-    ack = observer.command("cam-1", {"id": "f3", "cmd": "flash", "state": "pulse", "ms": 300})
+    # A pulse long enough to be seen on the pin however slowly the ack comes back.
+    ack = observer.command("cam-1", {"id": "f3", "cmd": "flash", "state": "pulse", "ms": 3000})
     assert ack["ok"] and ack["result"] == {"flash": "on"}
     wait_until(lambda: node.pins().get(PIN_FLASH) == 1, what="pulse on")
     wait_until(lambda: node.pins().get(PIN_FLASH) == 0, what="pulse off")
@@ -147,7 +148,7 @@ def test_stop_lets_a_half_sent_frame_finish_before_the_power_goes_off(observer, 
         pytest.fail("never caught a frame half sent")
     observer.c.on_message = relay
     proc = node._proc
-    stopping = threading.Thread(target=node.stop)
+    stopping = threading.Thread(target=node.stop, kwargs={"grace": 30})
     stopping.start()
     wait_until(lambda: (node.ctl / "poweroff").exists(), what="the power-off request")
     os.kill(proc.pid, signal.SIGCONT)

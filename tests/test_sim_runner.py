@@ -134,13 +134,13 @@ def test_watchdog_restarts_a_hung_node(tmp_path, nodes) -> None:
         tmp_path,
         """
         import time
-        wdt = machine.WDT(timeout=300)
+        wdt = machine.WDT(timeout=1500)
         if n == 0:
             while True:
                 time.sleep_ms(50)   # hung: never feeds
-        for i in range(20):
+        for i in range(40):
             wdt.feed()
-            time.sleep_ms(50)       # fed: survives past the timeout
+            time.sleep_ms(50)       # fed: survives past the timeout (a margin for a busy host)
         print("fed ok")
         """,
     )
