@@ -12,6 +12,8 @@ COPY pyproject.toml README.md ./
 COPY backend ./backend
 COPY sim ./sim
 COPY provision ./provision
+COPY espcam ./espcam
+COPY node ./node
 RUN pip install . \
     && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home espcam \
     && mkdir -p /data \

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.names import check_node_id
+from espcam.backend.names import check_node_id
 
 BACKEND_USER = "espcam-backend"
 CLI_USER = "espcam-cli"
@@ -45,7 +45,7 @@ class BrokerUsersError(Exception):
 
 def _credentials():
     try:
-        from provision import credentials
+        from espcam.provision import credentials
     except ImportError as e:  # provision/ must be importable (installed, or on PYTHONPATH)
         raise BrokerUsersError(f"the provisioning package is not available: {e}") from None
     return credentials
@@ -182,7 +182,7 @@ def add_arguments(subparsers, common=None) -> None:
 
 
 def run(args, settings) -> int:
-    from backend.config import ConfigError, split_broker
+    from espcam.backend.config import ConfigError, split_broker
 
     try:
         host, port = split_broker(args.node_broker or settings.broker)

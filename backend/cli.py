@@ -1,4 +1,5 @@
-"""The `espcam` command: run the backend, command nodes, list nodes and stored frames.
+"""The backend's subcommands of `espcam` (espcam/cli.py dispatches to them): run the backend,
+command nodes, list nodes and stored frames.
 
 Exit codes (docs/backend.md): 0 done, 1 error (broker unreachable, storage), 2 bad usage or
 configuration, 3 refused by the node, 4 queued (node asleep or offline), 5 no answer in time.
@@ -18,13 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend import brokerusers
-from backend import config as config_mod
-from backend.names import check_node_id
-from backend.protocol import SETTINGS, CommandError, build_command
+from espcam.backend import brokerusers
+from espcam.backend import config as config_mod
+from espcam.backend.names import check_node_id
+from espcam.backend.protocol import SETTINGS, CommandError, build_command
 
 if TYPE_CHECKING:
-    from backend.storage import Storage
+    from espcam.backend.storage import Storage
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_QUEUED, EXIT_NO_ANSWER = range(6)
 
@@ -81,12 +82,8 @@ def parse_since(text: str) -> float:
             f"--since {text!r}: use an ISO date/time or an age like 30m, 6h, 2d") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="espcam", description="espcam backend and command-line tool",
-        epilog="exit codes: 0 done, 1 error, 2 usage, 3 refused by node, 4 queued, 5 no answer",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The backend's subcommands, added to espcam's command line."""
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -125,14 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--json", action="store_true")
     brokerusers.add_arguments(sub, _common)
-    # Listed for --help only: main() hands `espcam sim ...` to the simulator's own parser.
-    sub.add_parser("sim", help="run simulated nodes (espcam sim --help)")
-    # Likewise the board tools (provision/), each with its own --help.
-    sub.add_parser("flash-firmware", help="write MicroPython to a board with esptool")
-    sub.add_parser("deploy", help="copy the node app and config.json onto a board")
-    sub.add_parser("provision", help="create a node's broker user and config.json")
-    sub.add_parser("console", help="the board's console (mpremote repl)")
-    return parser
 
 
 def load_settings(args: argparse.Namespace) -> config_mod.Settings:
@@ -143,8 +132,8 @@ def load_settings(args: argparse.Namespace) -> config_mod.Settings:
 
 
 def cmd_serve(settings: config_mod.Settings) -> int:
-    from backend.storage import StorageError, describe_os_error
-    from backend.subscriber import Backend
+    from espcam.backend.storage import StorageError, describe_os_error
+    from espcam.backend.subscriber import Backend
 
     try:
         backend = Backend(settings)
@@ -166,7 +155,7 @@ def cmd_serve(settings: config_mod.Settings) -> int:
 
 
 def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) -> int:
-    from backend.commands import BrokerUnreachable, CommandClient, Outcome
+    from espcam.backend.commands import BrokerUnreachable, CommandClient, Outcome
 
     kw: dict[str, Any] = {}
     if args.command == "flash":
@@ -200,7 +189,7 @@ def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) ->
 def _open_storage(settings: config_mod.Settings) -> Storage | None:
     """The index, read-only: listing never writes, so it works on a read-only data
     directory and next to a running `espcam serve`."""
-    from backend.storage import INDEX_NAME, Storage, StorageError
+    from espcam.backend.storage import INDEX_NAME, Storage, StorageError
 
     if not (Path(settings.data_dir) / INDEX_NAME).is_file():
         print(f"espcam: no index in {settings.data_dir} (has `espcam serve` run with this "
@@ -262,8 +251,8 @@ def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
 
 
 def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:
-    from backend.commands import BrokerUnreachable
-    from backend.forget import forget
+    from espcam.backend.commands import BrokerUnreachable
+    from espcam.backend.forget import forget
 
     try:
         result = forget(settings, args.node, delete_frames=args.delete_frames)
@@ -275,8 +264,8 @@ def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:
 
 
 def cmd_health(settings: config_mod.Settings) -> int:
-    from backend.commands import BrokerUnreachable
-    from backend.health import check
+    from espcam.backend.commands import BrokerUnreachable
+    from espcam.backend.health import check
 
     try:
         ok, why = check(settings)
@@ -286,37 +275,8 @@ def cmd_health(settings: config_mod.Settings) -> int:
     return EXIT_OK if ok else EXIT_ERROR
 
 
-def cmd_sim(argv: list[str]) -> int:
-    try:
-        from sim import runner  # the simulator is optional and may not be installed
-    except ImportError as e:
-        print(f"espcam sim: the simulator is not available: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    parser = argparse.ArgumentParser(prog="espcam sim")
-    runner.add_arguments(parser)
-    return int(runner.run(parser.parse_args(argv)) or 0)
-
-
-BOARD_COMMANDS = ("flash-firmware", "deploy", "provision", "console")
-
-
-def cmd_board(argv: list[str]) -> int:
-    """Board tools (provision/): they talk to a serial port, not to the backend's settings."""
-    from provision import cli as board_cli
-
-    parser = argparse.ArgumentParser(prog="espcam")
-    board_cli.add_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sim"]:
-        return cmd_sim(argv[1:])
-    if argv[:1] and argv[0] in BOARD_COMMANDS:
-        return cmd_board(argv)
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run one parsed backend subcommand."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -341,7 +301,3 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "func"):
         return int(args.func(args, settings) or 0)
     return cmd_node_command(args, settings)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

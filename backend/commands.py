@@ -14,12 +14,11 @@ from enum import Enum
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from espcam.backend.config import Settings
+from espcam.backend.protocol import BACKEND_LEVEL, encode_command, parse_ack, topic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-
-from backend.config import Settings
-from backend.protocol import BACKEND_LEVEL, encode_command, parse_ack, topic
 
 
 class Outcome(Enum):

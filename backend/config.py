@@ -12,10 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from backend.jpeg import DEFAULT_MAX_PIXELS
-from backend.names import check_prefix
-from backend.reassembly import Limits
-from backend.storage import Retention
+from espcam.backend.jpeg import DEFAULT_MAX_PIXELS
+from espcam.backend.names import check_prefix
+from espcam.backend.reassembly import Limits
+from espcam.backend.storage import Retention
 
 
 class ConfigError(ValueError):

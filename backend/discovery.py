@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from backend.names import check_node_id
-from backend.protocol import SETTINGS, backend_topic, topic
+from espcam.backend.names import check_node_id
+from espcam.backend.protocol import SETTINGS, backend_topic, topic
 
 MANUFACTURER = "Espressif"
 MODEL = "ESP32-CAM"

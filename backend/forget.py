@@ -13,10 +13,10 @@ import json
 import time
 from dataclasses import dataclass
 
-from backend import discovery
-from backend.config import Settings
-from backend.protocol import backend_topic, new_command_id, topic
-from backend.session import Session
+from espcam.backend import discovery
+from espcam.backend.config import Settings
+from espcam.backend.protocol import backend_topic, new_command_id, topic
+from espcam.backend.session import Session
 
 
 @dataclass

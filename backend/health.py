@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 
-from backend.config import Settings
-from backend.protocol import backend_topic
-from backend.session import Session
+from espcam.backend.config import Settings
+from espcam.backend.protocol import backend_topic
+from espcam.backend.session import Session
 
 STALE_AFTER = 90.0  # three status periods
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from backend import discovery
+from espcam.backend import discovery
 
 log = logging.getLogger("espcam.homeassistant")
 

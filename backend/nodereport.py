@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backend.storage import StoredFrame
+from espcam.backend.storage import StoredFrame
 
 
 def iso_utc(t: float | None) -> str | None:

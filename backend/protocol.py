@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from backend.names import check_node_id, check_prefix, is_node_id
+from espcam.backend.names import check_node_id, check_prefix, is_node_id
 
 VERSION = 1
 MAGIC = b"EC"

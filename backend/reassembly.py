@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.protocol import Chunk
+from espcam.backend.protocol import Chunk
 
 log = logging.getLogger("espcam.reassembly")
 

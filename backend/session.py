@@ -10,12 +10,11 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from espcam.backend.commands import BrokerUnreachable
+from espcam.backend.config import Settings
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-
-from backend.commands import BrokerUnreachable
-from backend.config import Settings
 
 
 class Session:

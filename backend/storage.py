@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from backend.jpeg import NotAJpeg, inspect_jpeg
-from backend.names import check_node_id, is_node_id
+from espcam.backend.jpeg import NotAJpeg, inspect_jpeg
+from espcam.backend.names import check_node_id, is_node_id
 
 log = logging.getLogger("espcam.storage")
 

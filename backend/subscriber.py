@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from backend import discovery
-from backend.config import Settings
-from backend.homeassistant import HomeAssistant
-from backend.jpeg import NotAJpeg, TooManyPixels, inspect_jpeg
-from backend.names import is_node_id
-from backend.nodereport import NodeReport
-from backend.protocol import (
+from espcam.backend import discovery
+from espcam.backend.config import Settings
+from espcam.backend.homeassistant import HomeAssistant
+from espcam.backend.jpeg import NotAJpeg, TooManyPixels, inspect_jpeg
+from espcam.backend.names import is_node_id
+from espcam.backend.nodereport import NodeReport
+from espcam.backend.protocol import (
     AVAILABILITY,
     BACKEND_LEVEL,
     FRAME_ID_BLOCK,
@@ -46,8 +42,11 @@ from backend.protocol import (
     parse_topic,
     topic,
 )
-from backend.reassembly import Frame, FrameRejected, Lost, Reassembler, ResendRequest
-from backend.storage import Storage, StorageError, StorageRejected, StoredFrame
+from espcam.backend.reassembly import Frame, FrameRejected, Lost, Reassembler, ResendRequest
+from espcam.backend.storage import Storage, StorageError, StorageRejected, StoredFrame
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger("espcam.backend")
 

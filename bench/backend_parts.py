@@ -15,10 +15,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from espcam.backend.jpeg import NotAJpeg, inspect_jpeg
+from espcam.backend.storage import Storage
 from PIL import Image
 
-from backend.jpeg import NotAJpeg, inspect_jpeg
-from backend.storage import Storage
 from bench.common import ROOT, jpeg_pool, pct, table
 from bench.ingest import BEFORE_COMMIT, CACHE, PREV_COMMIT, backend_tree
 

@@ -137,7 +137,7 @@ class Sampler:
 
 def jpeg_pool(folder: Path, count: int, lo: int = 30_000, hi: int = 60_000) -> list[bytes]:
     """`count` distinct VGA JPEGs of lo … hi bytes, made with Pillow once and cached."""
-    from sim.images import jpeg_of_size
+    from espcam.sim.images import jpeg_of_size
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []

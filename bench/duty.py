@@ -96,7 +96,7 @@ def battery(awake_s: float, sleep_ma: float) -> tuple[float, float]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from sim.runner import SimNode
+    from espcam.sim.runner import SimNode
 
     work = Path(tempfile.mkdtemp(prefix="espcam-bench-duty-"))
     cycles = 3 if quick else 6
@@ -105,14 +105,14 @@ def run(quick: bool) -> dict[str, Any]:
     # "relay": through the simulator's LinkProxy (SimNode's default, for Wi-Fi loss tests),
     # which sets TCP_NODELAY on both its sockets since a057350; "relay_nagle": the same relay
     # with that undone (its `_no_delay` made a no-op in this process), as it was before.
-    import sim.linkproxy
+    from espcam.sim import linkproxy
 
     for mode in ("direct", "relay", "relay_nagle"):
         d = work / mode
         broker = Broker(d / "broker").start()
-        no_delay = sim.linkproxy._no_delay
+        no_delay = linkproxy._no_delay
         if mode == "relay_nagle":
-            sim.linkproxy._no_delay = lambda s: None
+            linkproxy._no_delay = lambda s: None
         try:
             node = SimNode("duty-1", d / "node", broker.host, broker.port,
                            config={"sleep_interval": 2, "awake": 0, "interval": 0,
@@ -124,7 +124,7 @@ def run(quick: bool) -> dict[str, Any]:
             node.stop()
             measured[mode] = sections(node.log())
         finally:
-            sim.linkproxy._no_delay = no_delay
+            linkproxy._no_delay = no_delay
             broker.stop()
     awake, parts, nwakes = measured["direct"]
     p_awake, p_parts, _ = measured["relay"]

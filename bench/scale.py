@@ -21,9 +21,8 @@ INTERVAL = 5.0
 
 def run(quick: bool, nodes: int | None = None, seconds: float | None = None,
         sims: int = 5) -> dict[str, Any]:
+    from espcam.sim.runner import SimNode
     from lightnode import LightNode
-
-    from sim.runner import SimNode
 
     n = nodes or (50 if quick else 200)
     dur = seconds or (60.0 if quick else 600.0)

@@ -18,10 +18,9 @@ import io
 import os
 import sys
 
+import espcam.backend.subscriber
+from espcam.backend.jpeg import DEFAULT_MAX_PIXELS, JpegInfo, inspect_jpeg
 from PIL import Image
-
-import backend.subscriber
-from backend.jpeg import DEFAULT_MAX_PIXELS, JpegInfo, inspect_jpeg
 
 
 def inspect_jpeg_full(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> JpegInfo:
@@ -44,8 +43,8 @@ def main() -> int:
         print(f"unknown candidates: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     if "full_decode" in which:
-        backend.subscriber.inspect_jpeg = inspect_jpeg_full
-    from backend.cli import main as cli_main
+        espcam.backend.subscriber.inspect_jpeg = inspect_jpeg_full
+    from espcam.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

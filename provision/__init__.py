@@ -4,7 +4,7 @@
 console to the espcam command line.
 """
 
-from provision.cli import add_arguments
-from provision.errors import ProvisionError
+from espcam.provision.cli import add_arguments
+from espcam.provision.errors import ProvisionError
 
 __all__ = ["ProvisionError", "add_arguments"]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ProvisionError
+from espcam.provision.errors import ProvisionError
 
 MARK = "ESPCAM-RESULT "
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provision.board import port_hint
-from provision.errors import ProvisionError
+from espcam.provision.board import port_hint
+from espcam.provision.errors import ProvisionError
 
 ENV_PORT = "ESPCAM_PORT"
 
@@ -38,15 +38,15 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from provision.firmware import FlashOptions, flash
+    from espcam.provision.firmware import FlashOptions, flash
 
     opts = FlashOptions(_port(args), Path(args.firmware), args.chip, args.baud, args.erase)
     return flash(opts)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from provision import nodeconfig
-    from provision.deploy import Options, deploy
+    from espcam.provision import nodeconfig
+    from espcam.provision.deploy import Options, deploy
 
     cfg: dict[str, Any] | None = None
     given = [args.node_id, args.wifi_ssid, args.broker, args.mqtt_user, args.config]
@@ -79,7 +79,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from provision.provisioning import ProvisionOptions, provision_node
+    from espcam.provision.provisioning import ProvisionOptions, provision_node
 
     opts = ProvisionOptions(
         node_id=args.node,
@@ -97,7 +97,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from provision.console import console
+    from espcam.provision.console import console
 
     return console(_port(args))
 
@@ -116,9 +116,9 @@ def _add_node_values(p: argparse.ArgumentParser, with_node_id: bool) -> None:
 
 def add_arguments(subparsers: Any) -> None:
     """Adds flash-firmware, deploy, provision and console to an argparse subparsers object."""
-    from provision.deploy import NODE_SRC, UMQTT_LOCAL
-    from provision.firmware import DEFAULT_BAUD, OFFSETS
-    from provision.provisioning import DEFAULT_NODES_DIR, DEFAULT_PASSWD
+    from espcam.provision.deploy import NODE_SRC, UMQTT_LOCAL
+    from espcam.provision.firmware import DEFAULT_BAUD, OFFSETS
+    from espcam.provision.provisioning import DEFAULT_NODES_DIR, DEFAULT_PASSWD
 
     p = subparsers.add_parser(
         "flash-firmware",

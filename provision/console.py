@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from provision.board import check_port, mpremote_command
+from espcam.provision.board import check_port, mpremote_command
 
 
 def console_command(port: str) -> list[str]:

@@ -16,7 +16,7 @@ import re
 import secrets
 from pathlib import Path
 
-from provision.errors import ProvisionError
+from espcam.provision.errors import ProvisionError
 
 # The file holds password hashes (a target for offline guessing): the broker reads it, nobody
 # else may (Mosquitto 2.0.17+ also warns that it will refuse world-readable password and ACL

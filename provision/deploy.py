@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision import nodeconfig
-from provision.board import MARK, Board, BoardTimeout, check_port
-from provision.errors import ProvisionError
+from espcam.provision import nodeconfig
+from espcam.provision.board import MARK, Board, BoardTimeout, check_port
+from espcam.provision.errors import ProvisionError
+
+from espcam.paths import node_app
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_SRC = ROOT / "node"
+NODE_SRC = node_app()
 UMQTT_LOCAL = ROOT / ".deps" / "node-lib" / "umqtt" / "simple.py"
 APP_DIR = "lib/espcam"
 UMQTT_DIR = "lib/umqtt"
@@ -497,7 +499,7 @@ def _board_config(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reset_and_watch(board: Board, cfg: dict[str, Any], opts: Options, say: Say) -> int:
-    from provision.watch import BirthWatch, ConsoleTail
+    from espcam.provision.watch import BirthWatch, ConsoleTail
 
     if not opts.wait:
         board.reset()

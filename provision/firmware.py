@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from provision.board import open_error, permission_words, port_hint
-from provision.errors import ProvisionError
+from espcam.provision.board import open_error, permission_words, port_hint
+from espcam.provision.errors import ProvisionError
 
 # Where the first image of a MicroPython firmware file (its bootloader) goes: the classic ESP32
 # and the S2 boot from 0x1000, the newer chips from 0x0 (esptool's BOOTLOADER_FLASH_OFFSET).

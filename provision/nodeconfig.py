@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ProvisionError
+from espcam.provision.errors import ProvisionError
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PREFIX_LEVEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision import credentials, nodeconfig
-from provision.errors import ProvisionError
+from espcam.provision import credentials, nodeconfig
+from espcam.provision.errors import ProvisionError
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_DIR = ROOT / "deploy" / "mosquitto"

@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from provision.errors import ProvisionError
+from espcam.provision.errors import ProvisionError
 
 
 class ConsoleTail:

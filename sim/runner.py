@@ -23,12 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.linkproxy import LinkProxy
+from espcam.sim.linkproxy import LinkProxy
 
-ROOT = Path(__file__).resolve().parent.parent
-BOARD_LIB = ROOT / "sim" / "board"
-LAUNCH = ROOT / "sim" / "launch.py"
-NODE_SRC = ROOT / "node"
+from espcam.paths import node_app
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BOARD_LIB = HERE / "board"
+LAUNCH = HERE / "launch.py"
+NODE_SRC = node_app()
 
 # machine module values of the ESP32 port (sim/board/machine.py uses the same).
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -161,7 +164,7 @@ class SimNode:
         if images_dir is None:
             images_dir = self.dir / "images"
             if not any(images_dir.glob("*.jpg")):
-                from sim.images import make_pool
+                from espcam.sim.images import make_pool
 
                 make_pool(images_dir, name, frame_size=self.config.get("frame_size", "VGA"))
         self.images_dir = Path(images_dir).resolve()
@@ -528,7 +531,7 @@ class Simulator:
         on_event: EventFn | None = None,
         pool: int = 8,
     ) -> None:
-        from sim.images import make_pool
+        from espcam.sim.images import make_pool
 
         self.dir = Path(workdir).resolve()
         self.nodes: list[SimNode] = []

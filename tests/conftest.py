@@ -63,7 +63,7 @@ def light_node(broker):
 @pytest.fixture
 def make_node(broker, tmp_path):
     """Factory for simulated nodes (the real node/ files on MicroPython) on the test broker."""
-    from sim.runner import SimNode
+    from espcam.sim.runner import SimNode
 
     nodes = []
 

@@ -11,12 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# `python -m pytest` from the repo root finds the package anyway; plain `pytest` needs this
-# until pyproject lists `provision` among the installed packages.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import provision  # noqa: E402
+from espcam import provision  # noqa: E402
 
 # Where code of each chip loads (an IRAM address), and its ELF machine: Xtensa or RISC-V.
 ELF_TARGETS = {
@@ -32,7 +27,8 @@ CHIPS = list(ELF_TARGETS)
 PARTITIONS_AT, APP_AT = 0x8000, 0x10000
 # `espcam ARGS` in a child process (for tests that need another user, a terminal, or a cwd).
 CLI_CODE = (
-    "import argparse, sys, provision; p = argparse.ArgumentParser(prog='espcam'); "
+    "import argparse, sys; from espcam import provision; "
+    "p = argparse.ArgumentParser(prog='espcam'); "
     "provision.add_arguments(p.add_subparsers(dest='command', required=True)); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )

@@ -12,10 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from lightnode import LightNode, Watcher  # noqa: E402
-
-from backend.config import Settings  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 ESPCAM = str(Path(sys.executable).parent / "espcam")
 OK, ERROR, USAGE, REFUSED, QUEUED, NO_ANSWER = range(6)

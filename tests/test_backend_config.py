@@ -15,9 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from broker import free_port, mosquitto_binary  # noqa: E402
+from espcam.backend.config import ConfigError, load  # noqa: E402
 from polling import wait_listening  # noqa: E402
-
-from backend.config import ConfigError, load  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 
@@ -91,7 +90,7 @@ ESPCAM = str(Path(sys.executable).parent / "espcam")
 
 
 def index_with_node(data_dir: Path, node: str) -> Path:
-    from backend.storage import Storage
+    from espcam.backend.storage import Storage
 
     s = Storage(data_dir)
     s.update_node(node, seen_at=time.time(), availability="online")

@@ -23,10 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from e2e_helpers import Serve, index_rows, wait_until  # noqa: E402
+from espcam.backend.jpeg import inspect_jpeg  # noqa: E402
+from espcam.backend.storage import Storage  # noqa: E402
 from lightnode import LightNode, Watcher, make_jpeg  # noqa: E402
-
-from backend.jpeg import inspect_jpeg  # noqa: E402
-from backend.storage import Storage  # noqa: E402
 
 KILLS = 18
 NODE = "cam-crash"

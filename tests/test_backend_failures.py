@@ -15,14 +15,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend import storage as storage_mod  # noqa: E402
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.storage import Storage  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from lightnode import LightNode, encode_chunks, make_jpeg  # noqa: E402
 from observer import Observer  # noqa: E402
 from polling import wait_until  # noqa: E402
-
-from backend import storage as storage_mod  # noqa: E402
-from backend.config import Settings  # noqa: E402
-from backend.storage import Storage  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 ESPCAM = str(Path(sys.executable).parent / "espcam")
 

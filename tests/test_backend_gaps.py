@@ -12,11 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from lightnode import LightNode, make_jpeg  # noqa: E402
 from observer import Observer  # noqa: E402
-
-from backend.config import Settings  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.discovery import discovery_topic  # noqa: E402
+from espcam.backend.jpeg import NotAJpeg, inspect_jpeg  # noqa: E402
+from espcam.backend.protocol import MAX_MESSAGE_BYTES  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from lightnode import LightNode, encode_chunks, make_jpeg  # noqa: E402
 from observer import Observer  # noqa: E402
 from polling import wait_until  # noqa: E402
-
-from backend.config import Settings  # noqa: E402
-from backend.discovery import discovery_topic  # noqa: E402
-from backend.jpeg import NotAJpeg, inspect_jpeg  # noqa: E402
-from backend.protocol import MAX_MESSAGE_BYTES  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 
 def claims_size(jpeg: bytes, width: int, height: int) -> bytes:

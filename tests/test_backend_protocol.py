@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from backend.protocol import (
+from espcam.backend.protocol import (
     ChunkError,
     CommandError,
     TopicError,
@@ -19,7 +18,7 @@ from backend.protocol import (
     parse_topic,
     topic,
 )
-from backend.reassembly import Reassembler
+from espcam.backend.reassembly import Reassembler
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "chunks.json").read_text())
 

@@ -12,11 +12,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend.jpeg import JpegInfo, NotAJpeg, inspect_jpeg  # noqa: E402
+from espcam.backend.protocol import decode_chunk  # noqa: E402
+from espcam.backend.reassembly import FrameRejected, Limits, Reassembler  # noqa: E402
 from lightnode import encode_chunks, make_jpeg  # noqa: E402
-
-from backend.jpeg import JpegInfo, NotAJpeg, inspect_jpeg  # noqa: E402
-from backend.protocol import decode_chunk  # noqa: E402
-from backend.reassembly import FrameRejected, Limits, Reassembler  # noqa: E402
 
 
 def chunks_of(data: bytes, frame_id: int = 1, chunk_size: int = 256, meta=None):

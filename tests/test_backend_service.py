@@ -15,13 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend import storage as storage_mod  # noqa: E402
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from lightnode import LightNode, Watcher, encode_chunks, make_jpeg  # noqa: E402
 from observer import retained as retained_at  # noqa: E402
 from polling import wait_until  # noqa: E402
-
-from backend import storage as storage_mod  # noqa: E402
-from backend.config import Settings  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "chunks.json").read_text())
 

@@ -13,10 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend import storage as storage_mod  # noqa: E402
+from espcam.backend.storage import Retention, Storage, StorageError, StorageRejected  # noqa: E402
 from lightnode import make_jpeg  # noqa: E402
-
-from backend import storage as storage_mod  # noqa: E402
-from backend.storage import Retention, Storage, StorageError, StorageRejected  # noqa: E402
 
 T0 = 1763980000.25  # 2025-11-24 10:26:40.250 UTC
 

@@ -10,9 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from compose import ROOT, load, mounts, substitute  # noqa: E402
-
-from backend import config  # noqa: E402
-from backend.brokerusers import (  # noqa: E402
+from espcam.backend import config  # noqa: E402
+from espcam.backend.brokerusers import (  # noqa: E402
     BACKEND_USER,
     CLI_USER,
     ENV_PASSWORDS,
@@ -68,7 +67,7 @@ def test_broker_gets_the_projects_config_read_only_and_what_it_names_is_mounted(
         if key == "acl_file":
             assert host.is_file()
         else:  # made by `espcam broker-users`, whose default is this very file
-            from backend.brokerusers import DEFAULT_PASSWD
+            from espcam.backend.brokerusers import DEFAULT_PASSWD
             assert ROOT / DEFAULT_PASSWD == host
     assert conf["listener"] == ["1883"]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compose import AS_ROOT, BROKER_GID, ComposeStack  # noqa: E402
 from observer import Observer  # noqa: E402
 
-from backend.cli import main as espcam  # noqa: E402
+from espcam.cli import main as espcam  # noqa: E402
 
 NOBODY = 65534  # an ordinary user running `espcam broker-users` in their checkout
 

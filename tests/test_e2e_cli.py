@@ -50,7 +50,7 @@ def test_capture_wait_frame_prints_the_stored_file_of_the_captured_frame(broker,
     # app.py, cmd_capture), so the backend's `event` for the frame can reach the CLI before the
     # node's ack does; the CLI must still report the stored frame. The order depends on timing;
     # small (QQVGA, one chunk) frames and a dozen rounds make it all but certain to occur.
-    from sim.images import make_pool
+    from espcam.sim.images import make_pool
 
     make_pool(tmp_path / "qqvga", "cam-cli", count=8, frame_size="QQVGA")
     node = make_node("cam-cli", images_dir=tmp_path / "qqvga", config={"frame_size": "QQVGA"})

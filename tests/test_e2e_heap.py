@@ -39,7 +39,7 @@ def serve(broker, tmp_path, observer):
 @pytest.mark.parametrize("camera_api,frame_bytes", [("module", 8_000), ("class", 60_000)])
 def test_constrained_heap_node_streams_vga_frames_all_stored(observer, serve, make_node,
                                                              tmp_path, camera_api, frame_bytes):
-    from sim.images import jpeg_of_size
+    from espcam.sim.images import jpeg_of_size
 
     images = tmp_path / "images"
     images.mkdir()

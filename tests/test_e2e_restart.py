@@ -21,8 +21,7 @@ from e2e_helpers import (  # noqa: E402
     stored_ids,
     wait_until,
 )
-
-from sim.runner import Simulator  # noqa: E402
+from espcam.sim.runner import Simulator  # noqa: E402
 
 
 def test_sigkill_and_restart_loses_no_frame_captured_while_the_backend_was_down(

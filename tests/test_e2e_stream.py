@@ -23,9 +23,8 @@ from e2e_helpers import (  # noqa: E402
     stop_interval,
     wait_until,
 )
+from espcam.sim.runner import Simulator  # noqa: E402
 from observer import retained  # noqa: E402
-
-from sim.runner import Simulator  # noqa: E402
 
 
 @pytest.fixture

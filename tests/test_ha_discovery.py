@@ -13,6 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from espcam.backend import discovery  # noqa: E402
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.protocol import SETTINGS, build_command  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from hatemplate import (  # noqa: E402
     ABBREVIATIONS,
     DEVICE_ABBREVIATIONS,
@@ -23,11 +27,6 @@ from hatemplate import (  # noqa: E402
 )
 from lightnode import LightNode  # noqa: E402
 from observer import Observer, retained  # noqa: E402
-
-from backend import discovery  # noqa: E402
-from backend.config import Settings  # noqa: E402
-from backend.protocol import SETTINGS, build_command  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "cam-a1b2c3"

@@ -13,12 +13,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from espcam.backend import discovery  # noqa: E402
+from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.subscriber import Backend  # noqa: E402
 from hatemplate import available, expand, render  # noqa: E402
 from observer import Observer  # noqa: E402
-
-from backend import discovery  # noqa: E402
-from backend.config import Settings  # noqa: E402
-from backend.subscriber import Backend  # noqa: E402
 
 NODE = "cam-ha"
 

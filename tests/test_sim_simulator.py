@@ -1,5 +1,5 @@
-"""Simulator (N nodes of the real node app) and the `python -m sim.runner` command line, against
-a real Mosquitto."""
+"""Simulator (N nodes of the real node app) and the `python -m espcam.sim.runner` command line,
+against a real Mosquitto."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from espcam.sim.runner import ROOT, Simulator
 from observer import parse_chunk
-
-from sim.runner import ROOT, Simulator
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -42,7 +41,7 @@ def test_simulator_runs_n_nodes_with_distinct_frames(broker, observer, tmp_path:
 
 
 def test_command_line_prints_events_and_stops_on_sigterm(broker, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "sim.runner", "--nodes", "1", "--broker", broker.url]
+    cmd = [sys.executable, "-m", "espcam.sim.runner", "--nodes", "1", "--broker", broker.url]
     cmd += ["--dir", str(tmp_path / "cli"), "--interval", "0", "--frame-size", "QVGA"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None

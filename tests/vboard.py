@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from sim.images import make_pool
-from sim.runner import node_mac
+from espcam.sim.images import make_pool
+from espcam.sim.runner import node_mac
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOT = Path(__file__).resolve().parent / "vboard_boot.py"
