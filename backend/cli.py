@@ -57,12 +57,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if spec is None:
         raise argparse.ArgumentTypeError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
     value: Any = raw
-    if spec[0] is int:
+    if spec.type == "int":
         try:
             value = int(raw)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{key} must be an integer, not {raw!r}") from None
-    elif spec[0] is bool:
+    elif spec.type == "bool":
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
             raise argparse.ArgumentTypeError(f"{key} must be true or false, not {raw!r}")
         value = raw.lower() in ("true", "on", "1")
@@ -155,7 +155,8 @@ def cmd_serve(settings: config_mod.Settings) -> int:
 
 
 def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) -> int:
-    from espcam.backend.commands import BrokerUnreachable, CommandClient, Outcome
+    from espcam.backend.commands import CommandClient, Outcome
+    from espcam.backend.session import BrokerUnreachable
 
     kw: dict[str, Any] = {}
     if args.command == "flash":
@@ -251,8 +252,8 @@ def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
 
 
 def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:
-    from espcam.backend.commands import BrokerUnreachable
     from espcam.backend.forget import forget
+    from espcam.backend.session import BrokerUnreachable
 
     try:
         result = forget(settings, args.node, delete_frames=args.delete_frames)
@@ -264,8 +265,8 @@ def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:
 
 
 def cmd_health(settings: config_mod.Settings) -> int:
-    from espcam.backend.commands import BrokerUnreachable
     from espcam.backend.health import check
+    from espcam.backend.session import BrokerUnreachable
 
     try:
         ok, why = check(settings)

@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from espcam.backend.config import Settings
 from espcam.backend.protocol import BACKEND_LEVEL, encode_command, parse_ack, topic
-from paho.mqtt.enums import CallbackAPIVersion
+from espcam.backend.session import BrokerUnreachable, client_for
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -37,10 +37,6 @@ class Result:
     event: dict[str, Any] | None = None
 
 
-class BrokerUnreachable(ConnectionError):
-    pass
-
-
 class CommandClient:
     """A short-lived MQTT session (clean, random client id) for one command."""
 
@@ -53,12 +49,7 @@ class CommandClient:
         self.events: list[bytes] = []
         self._connected = threading.Event()
         self._refused: str | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                  clean_session=True, protocol=mqtt.MQTTv311)
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.password or None)
-        if settings.tls:
-            self.client.tls_set(ca_certs=settings.ca_file or None)
+        self.client = client_for(settings, self.client_id)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
 

@@ -202,10 +202,10 @@ def _command(entity_key: str, doc: dict[str, Any]) -> str:
 
 def _setting_command_template(entity: Entity) -> str:
     """A `config` command with the value Home Assistant fills in, typed as the node wants."""
-    kind = SETTINGS[entity.setting][0]
+    kind = SETTINGS[entity.setting].type
     marker = "@VALUE@"
     text = _command(entity.key, {"cmd": "config", "set": {entity.setting: marker}})
-    value = {int: "{{ value | int }}", bool: "{{ value }}", str: '"{{ value }}"'}[kind]
+    value = {"int": "{{ value | int }}", "bool": "{{ value }}", "choice": '"{{ value }}"'}[kind]
     return text.replace(f'"{marker}"', value)
 
 
@@ -247,9 +247,9 @@ def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
         c.update(command_topic=cmd_topic, qos=1, state_topic=state_topic[STATE],
                  command_template=_setting_command_template(entity))
         if entity.platform == "number":
-            c.update(min=spec[1], max=spec[2], step=1, value_template="{{ " + value + " }}")
+            c.update(min=spec.low, max=spec.high, step=1, value_template="{{ " + value + " }}")
         elif entity.platform == "select":
-            c.update(options=list(spec[1]), value_template="{{ " + value + " }}")
+            c.update(options=list(spec.choices), value_template="{{ " + value + " }}")
         else:
             c.update(payload_on="true", payload_off="false",
                      value_template="{{ 'true' if " + value + " else 'false' }}")

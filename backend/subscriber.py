@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import sqlite3
 import threading
 import time
@@ -43,8 +42,8 @@ from espcam.backend.protocol import (
     topic,
 )
 from espcam.backend.reassembly import Frame, FrameRejected, Lost, Reassembler, ResendRequest
+from espcam.backend.session import client_for
 from espcam.backend.storage import Storage, StorageError, StorageRejected, StoredFrame
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -58,15 +57,6 @@ RECENT_FRAME_IDS = 256  # per node, frame ids of which a chunk arrived (gap dete
 MAX_GAP_REQUESTS = 1000  # frames asked for because the state named them; oldest forgotten
 MAX_HELD_ACKS = 64  # per frame; a real node sends one QoS 1 chunk per (re)transmission
 STOP_GRACE = 2.0  # seconds a stopping backend keeps handling queued messages and open frames
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: socket.socket | Any) -> None:
-    # PUBACKs and small messages would wait out Nagle's algorithm against the broker's
-    # delayed ACK (about 40 ms each): p50 latency chunk-to-disk 40 ms -> 4 ms (bench/).
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -225,26 +215,15 @@ class Backend:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         # Fixed id and a persistent session: the broker queues chunks while we are away.
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            # QoS 1 messages are acknowledged only once handled, and a frame's (its last
-            # chunk) only once the frame is stored or given up. A backend killed with a
-            # backlog or frames in memory gets those messages again from the broker.
-            manual_ack=True,
-        )
-        if s.username:
-            client.username_pw_set(s.username, s.password or None)
-        if s.tls:
-            client.tls_set(ca_certs=s.ca_file or None)
-        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        # QoS 1 messages are acknowledged only once handled, and a frame's (its last chunk)
+        # only once the frame is stored or given up. A backend killed with a backlog or frames
+        # in memory gets those messages again from the broker.
+        client = client_for(s, s.client_id, clean_session=False, manual_ack=True,
+                            will=(self.availability_topic, "offline"))
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_socket_open = _no_delay
         return client
 
     @property

@@ -11,7 +11,6 @@ import struct
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from broker import Broker  # noqa: E402  (tests/broker.py: a real Mosquitto on a free port)
+from espcam.backend.protocol import encode_chunks  # noqa: E402
 
-__all__ = ["Broker", "ROOT"]
+__all__ = ["Broker", "ROOT", "encode_chunks"]
 
 VENV_BIN = ROOT / ".venv" / "bin"
-HEADER = ">2sBBIIIIHHHH"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -147,22 +146,6 @@ def jpeg_pool(folder: Path, count: int, lo: int = 30_000, hi: int = 60_000) -> l
             target = lo + (hi - lo) * i // max(1, count - 1)
             p.write_bytes(jpeg_of_size(target, seed=i, text=f"bench {i}"))
         out.append(p.read_bytes())
-    return out
-
-
-def encode_chunks(frame: bytes, frame_id: int, chunk_size: int, meta: bytes = b"",
-                  crc: int | None = None, flags: int = 0) -> list[bytes]:
-    """Chunk payloads exactly as docs/protocol.md says (header, metadata on chunk 0, data)."""
-    count = (len(frame) + chunk_size - 1) // chunk_size
-    if crc is None:
-        crc = zlib.crc32(frame) & 0xFFFFFFFF
-    out = []
-    for i in range(count):
-        m = meta if i == 0 else b""
-        f = flags | (1 if m else 0)
-        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i,
-                          count, len(m), 0)
-        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
     return out
 
 

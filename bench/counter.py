@@ -11,8 +11,7 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from espcam.backend.session import make_client  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +30,7 @@ def main() -> None:
         if state["n"] >= want:
             done.set()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-counter-{time.time_ns()}",
-                    protocol=mqtt.MQTTv311)
+    c = make_client(f"bench-counter-{time.time_ns()}")
     c.on_message = on_message
     c.on_subscribe = lambda *a: ready.set()
     c.connect(host, port, 60)

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from espcam.backend.session import make_client  # noqa: E402
 
 from bench.common import (
     ROOT,
@@ -80,8 +79,7 @@ class EventWatcher:
         self.arrived: dict[tuple[str, int], float] = {}
         self.online = threading.Event()
         self._cond = threading.Condition()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"bench-events-{time.time_ns()}")
+        self.c = make_client(f"bench-events-{time.time_ns()}")
         self.c.on_message = self._on_message
         self.c.connect(host, port, 60)
         self.c.subscribe([("espcam/+/event", 1), ("espcam/_backend/availability", 1)])

@@ -11,6 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from espcam.backend.session import make_client
 from espcam.provision.errors import ProvisionError
 
 
@@ -78,18 +79,14 @@ class BirthWatch:
         user: str | None = None,
         password: str | None = None,
     ) -> None:
-        import paho.mqtt.client as mqtt
 
         self.topic = f"{prefix}/{node}/availability"
         self.state_topic = f"{prefix}/{node}/state"
         self.births: list[bytes] = []
         self.state: bytes | None = None
         self.cond = threading.Condition()
-        self.c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"espcam-deploy-{uuid.uuid4().hex[:8]}"
-        )
-        if user:
-            self.c.username_pw_set(user, password)
+        self.c = make_client(f"espcam-deploy-{uuid.uuid4().hex[:8]}", username=user or "",
+                             password=password or "")
         subscribed = threading.Event()
         refused: list[str] = []
 

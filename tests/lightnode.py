@@ -1,8 +1,8 @@
 """A light espcam node in CPython: speaks protocol v1 (docs/protocol.md) over paho-mqtt.
 
 For the backend's tests and for benchmarks, where a MicroPython node would be slow to start.
-The chunk encoder is written from the document with struct and zlib, independent of
-backend/protocol.py, so that the backend is checked against the contract, not against itself.
+Chunks come from the protocol's one encoder (espcam.backend.protocol.encode_chunks), which the
+shared vectors check byte for byte, as they check the node's.
 It can misbehave on purpose: skip chunks, corrupt chunks, refuse commands.
 """
 
@@ -11,19 +11,16 @@ from __future__ import annotations
 import io
 import json
 import random
-import struct
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from espcam.backend.protocol import encode_chunks
+from espcam.backend.session import make_client  # noqa: E402
 from PIL import Image
-
-HEADER = ">2sBBIIIIHHHH"
 
 
 def make_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: int = 80) -> bytes:
@@ -33,23 +30,6 @@ def make_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: int =
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def encode_chunks(
-    frame: bytes, frame_id: int, chunk_size: int, meta: dict[str, Any] | None, flags: int = 0
-) -> list[bytes]:
-    count = (len(frame) + chunk_size - 1) // chunk_size
-    crc = zlib.crc32(frame) & 0xFFFFFFFF
-    out = []
-    for i in range(count):
-        m, f = b"", flags
-        if i == 0 and meta is not None:
-            m = json.dumps(meta, separators=(",", ":")).encode()
-            f |= 1
-        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i, count,
-                          len(m), 0)
-        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
-    return out
 
 
 class LightNode:
@@ -82,9 +62,8 @@ class LightNode:
         self.resend_requests: list[dict[str, Any]] = []
         self.connected = threading.Event()
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node_id,
-                                  clean_session=False, protocol=mqtt.MQTTv311)
-        self.client.will_set(self.t("availability"), "offline", qos=1, retain=True)
+        self.client = make_client(node_id, clean_session=False,
+                                  will=(self.t("availability"), "offline"))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
@@ -267,8 +246,7 @@ class Watcher:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"watcher-{random.randrange(1 << 30)}")
+        self.client = make_client(f"watcher-{random.randrange(1 << 30)}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.connect(host, port, 60)

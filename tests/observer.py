@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as mqtt
-
-HEADER = ">2sBBIIIIHHHH"
+from espcam.backend.protocol import Chunk, decode_chunk
+from espcam.backend.session import make_client  # noqa: E402
 
 
 @dataclass
@@ -24,33 +22,17 @@ class Msg:
     at: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class Chunk:
-    flags: int
-    frame_id: int
-    total: int
-    crc: int
-    chunk_size: int
-    index: int
-    count: int
-    meta: dict | None
-    payload: bytes
-
-
 def parse_chunk(b: bytes) -> Chunk:
-    magic, ver, flags, fid, total, crc, cs, idx, count, mlen, _ = struct.unpack_from(HEADER, b)
-    assert magic == b"EC" and ver == 1
-    meta = json.loads(b[28:28 + mlen]) if mlen else None
-    return Chunk(flags, fid, total, crc, cs, idx, count, meta, b[28 + mlen:])
+    """A chunk as the backend decodes it: any chunk a test looks at must be valid."""
+    return decode_chunk(b)
 
 
 class Observer:
     def __init__(self, host: str, port: int, topic: str = "espcam/#", **auth) -> None:
         self.msgs: list[Msg] = []
         self.cond = threading.Condition()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4()}")
-        if auth:
-            self.c.username_pw_set(auth["user"], auth["password"])
+        self.c = make_client(f"obs-{uuid.uuid4()}", username=auth.get("user", ""),
+                             password=auth.get("password", ""))
         self.c.on_message = self._on_message
         subscribed = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
@@ -121,14 +103,14 @@ class Observer:
             mine = [c for c in chunks if c.frame_id == frame_id]
             if mine and len({c.index for c in mine}) == mine[0].count:
                 first = mine[0]
-                data = bytearray(first.total)
+                data = bytearray(first.total_len)
                 meta = None
                 for c in mine:
                     data[c.index * c.chunk_size:c.index * c.chunk_size + len(c.payload)] = (
                         c.payload
                     )
                     meta = c.meta or meta
-                assert zlib.crc32(data) == first.crc, "CRC mismatch"
+                assert zlib.crc32(data) == first.crc32, "CRC mismatch"
                 return bytes(data), meta, mine
             if time.monotonic() > deadline:
                 raise AssertionError(f"frame {frame_id} incomplete: {len(mine)} chunks")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from espcam.backend.session import make_client  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -56,11 +57,8 @@ class Client:
     def __init__(self, stack: ComposeStack, user: str | None, password: str | None,
                  client_id: str | None = None, clean_session: bool = True,
                  on_message: Callable[[mqtt.MQTTMessage], None] | None = None) -> None:
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
-                             clean_session=clean_session, protocol=mqtt.MQTTv311)
-        if user:
-            self.c.username_pw_set(user, password)
+        self.c = make_client(client_id or f"t-{uuid.uuid4().hex[:8]}", username=user or "",
+                             password=password or "", clean_session=clean_session)
         self.accepted: bool | None = None
         self.session_present = False
         self.disconnected = threading.Event()

@@ -189,7 +189,7 @@ def test_commands_are_protocol_commands_with_fixed_ids_at_qos_1(doc):
             assert cmd["id"] == f"ha-{key}"
             args = {k: v for k, v in cmd.items() if k not in ("id", "cmd")}
             assert build_command(cmd["cmd"], cmd["id"], **args) == cmd  # the node accepts it
-    assert json.loads(payloads["interval"][1])["set"] == {"interval": SETTINGS["interval"][2]}
+    assert json.loads(payloads["interval"][1])["set"] == {"interval": SETTINGS["interval"].high}
     assert json.loads(payloads["flash_on_capture"][0])["set"] == {"flash_on_capture": True}
     assert [json.loads(p)["state"] for p in payloads["flash"]] == ["on", "off"]
 

@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 from espcam.backend import discovery  # noqa: E402
 from espcam.backend.config import Settings  # noqa: E402
+from espcam.backend.session import make_client  # noqa: E402
 from espcam.backend.subscriber import Backend  # noqa: E402
 from hatemplate import available, expand, render  # noqa: E402
 from observer import Observer  # noqa: E402
@@ -193,7 +193,7 @@ def test_flash_light_follows_the_node_not_the_ack(broker, backend, everything):
     the pulse ends (or before a deep sleep). Home Assistant's light shows off, whatever the ack
     said, and whatever the backend kept."""
     node = "cam-pulse"
-    cam = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=node)
+    cam = make_client(node)
     cam.connect(broker.host, broker.port)
     cam.loop_start()
     try:

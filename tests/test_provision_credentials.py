@@ -11,13 +11,13 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker
+from espcam.backend.session import make_client  # noqa: E402
 from espcam.provision import ProvisionError, credentials
 from provision_helpers import ROOT, auth_broker_config, cli, cli_process
 
 
 def can_connect(broker: Broker, user: str, password: str) -> bool:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
-    c.username_pw_set(user, password)
+    c = make_client(f"t-{uuid.uuid4().hex[:8]}", username=user, password=password)
     try:
         return not c.connect(broker.host, broker.port) and _connack_ok(c)
     finally:

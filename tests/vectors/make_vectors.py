@@ -1,8 +1,10 @@
-"""Regenerate chunks.json, the protocol v1 chunk test vectors (docs/protocol.md).
+"""Regenerate chunks.json, the protocol's chunk test vectors (docs/protocol.md, "Frame chunks").
 
-Written from the document with nothing but struct and zlib, independent of the node and the
-backend code, so that both are checked against the contract rather than against each other.
-Run: .venv/bin/python tests/vectors/make_vectors.py
+Valid chunks come from the protocol's one encoder outside the node
+(espcam.backend.protocol.encode_chunks); the node's own Sender must produce them byte for byte
+(tests/test_node_protocol.py). Invalid ones are valid chunks with one rule broken each, named
+in `rule` (backend/protocol.json, refusals.chunk). commands.json and acks.json are written by
+hand. Run: .venv/bin/python tests/vectors/make_vectors.py
 """
 
 import json
@@ -10,7 +12,8 @@ import struct
 import zlib
 from pathlib import Path
 
-HEADER = ">2sBBIIIIHHHH"
+from espcam.backend.protocol import VERSION as PROTOCOL
+from espcam.backend.protocol import encode_chunks
 
 
 def frame_bytes(n: int, seed: int) -> bytes:
@@ -18,19 +21,7 @@ def frame_bytes(n: int, seed: int) -> bytes:
 
 
 def chunks(frame: bytes, frame_id: int, chunk_size: int, meta: dict | None, flags: int = 0):
-    count = (len(frame) + chunk_size - 1) // chunk_size
-    crc = zlib.crc32(frame) & 0xFFFFFFFF
-    out = []
-    for i in range(count):
-        m = b""
-        f = flags
-        if i == 0 and meta is not None:
-            m = json.dumps(meta, separators=(",", ":")).encode()
-            f |= 1
-        hdr = struct.pack(HEADER, b"EC", 1, f, frame_id, len(frame), crc, chunk_size, i, count,
-                          len(m), 0)
-        out.append(hdr + m + frame[i * chunk_size:(i + 1) * chunk_size])
-    return out
+    return encode_chunks(frame, frame_id, chunk_size, meta, flags)
 
 
 def valid_cases():
@@ -73,6 +64,9 @@ def invalid_cases():
 
     meta_on_1 = bytearray(c1)
     meta_on_1[3] = 1
+    meta_len = struct.unpack_from(">H", c0, 24)[0]
+    not_json = c0[:28] + b"{" * meta_len + c0[28 + meta_len:]
+    not_object = c0[:28] + (b"[" + b" " * (meta_len - 2) + b"]") + c0[28 + meta_len:]
     return [
         ("shorter than header", c0[:20]),
         ("bad magic", b"XX" + c0[2:]),
@@ -88,6 +82,10 @@ def invalid_cases():
         ("meta_len beyond message", patch(c0, 24, ">H", 60000)),
         ("meta_len without meta flag", patch(c1, 24, ">H", 3)),
         ("metadata on chunk other than 0", bytes(meta_on_1)),
+        ("unknown flag bit", patch(c1, 3, ">B", 4)),
+        ("reserved not zero", patch(c1, 26, ">H", 1)),
+        ("metadata not JSON", not_json),
+        ("metadata not an object", not_object),
     ]
 
 
@@ -108,13 +106,18 @@ RULES = {
     "meta_len beyond message": "meta_len_within_message",
     "meta_len without meta flag": "meta_len_needs_flag",
     "metadata on chunk other than 0": "meta_on_chunk_0_only",
+    "unknown flag bit": "flags",
+    "reserved not zero": "reserved",
+    "metadata not JSON": "meta_not_json",
+    "metadata not an object": "meta_not_object",
 }
 
 
 def main() -> None:
     doc = {
-        "protocol": 1,
-        "about": "Frame chunk vectors for espcam protocol v1, see docs/protocol.md",
+        "protocol": PROTOCOL,
+        "about": "Frame chunk vectors, see docs/protocol.md (Frame chunks) and "
+                 "backend/protocol.json (chunk, refusals.chunk)",
         "valid": valid_cases(),
         "invalid": [{"name": n, "chunk_hex": c.hex(), "rule": RULES[n]}
                     for n, c in invalid_cases()],
