@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from espcam.backend.jpeg import DEFAULT_MAX_PIXELS
+from espcam.backend.jpeg import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
 from espcam.backend.names import check_prefix
 from espcam.backend.reassembly import Limits
 from espcam.backend.storage import Retention
@@ -30,7 +30,10 @@ class Settings:
     password: str = ""
     prefix: str = "espcam"
     client_id: str = "espcam-backend"
-    keepalive: int = 60
+    # 0: no MQTT keepalive; TCP's own (session.py) notices a dead broker. A backend that
+    # pauses reading under back-pressure would otherwise be cut off by the broker after
+    # 1.5 keepalives, and the broker would drop what it had buffered for it.
+    keepalive: int = 0
     tls: bool = False
     ca_file: str = ""
     # [storage]
@@ -38,7 +41,9 @@ class Settings:
     retention_days: float = 30.0
     retention_bytes: int = 0
     retry_interval: float = 5.0
-    max_pending_frames: int = 32
+    max_pending_frames: int = 256
+    max_pending_bytes: int = 64 * 1024 * 1024
+    store_workers: int = 4
     retention_interval: float = 3600.0
     # [limits]
     max_frame_bytes: int = Limits.max_frame_bytes
@@ -50,6 +55,7 @@ class Settings:
     resend_tries: int = Limits.resend_tries
     max_age: float = Limits.max_age
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_scans: int = DEFAULT_MAX_SCANS
     max_nodes: int = 1000
     max_queue_bytes: int = 32 * 1024 * 1024
     # [cli]
@@ -80,10 +86,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "mqtt": ("broker", "username", "password", "prefix", "client_id", "keepalive", "tls",
              "ca_file"),
     "storage": ("data_dir", "retention_days", "retention_bytes", "retry_interval",
-                "max_pending_frames", "retention_interval"),
+                "max_pending_frames", "max_pending_bytes", "store_workers",
+                "retention_interval"),
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
                "max_bytes_total", "resend_after", "resend_tries", "max_age", "max_pixels",
-               "max_nodes", "max_queue_bytes"),
+               "max_scans", "max_nodes", "max_queue_bytes"),
     "cli": ("command_timeout",),
     "homeassistant": ("ha_discovery", "ha_prefix"),
     "": ("log_level",),
@@ -96,7 +103,8 @@ OTHER_ENV = frozenset({
     "ESPCAM_CONFIG", "ESPCAM_PORT", "ESPCAM_BROKER_PORT", "ESPCAM_NODES", "ESPCAM_INTERVAL",
     "ESPCAM_RUN_DIR",
     "ESPCAM_SETUP_VERBOSE", "ESPCAM_SIM_DIR", "ESPCAM_BACKEND_PASSWORD",
-    "ESPCAM_MQTT_PASSWORD", "ESPCAM_WIFI_PASSWORD",
+    "ESPCAM_MQTT_PASSWORD", "ESPCAM_WIFI_PASSWORD", "ESPCAM_CLI_PASSWORD",
+    "ESPCAM_HEALTH_PASSWORD", "ESPCAM_TEST_SEED",
 })
 log = logging.getLogger("espcam.config")
 
@@ -196,4 +204,7 @@ def load(
         value = getattr(settings, name)
         if TYPES[name] in (int, float) and value < 0:
             raise ConfigError(f"{name} must not be negative, not {value}")
+    for name in ("store_workers", "max_pending_frames"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, not {getattr(settings, name)}")
     return settings

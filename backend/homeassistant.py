@@ -19,12 +19,14 @@ from espcam.backend import discovery
 log = logging.getLogger("espcam.homeassistant")
 
 Publish = Callable[[str, bytes | str, bool], None]  # topic, payload, retain
+Known = Callable[[], dict[str, dict[str, Any] | None]]  # node -> its last state document
 
 
 class HomeAssistant:
-    def __init__(self, prefix: str, ha_prefix: str, publish: Publish) -> None:
+    def __init__(self, prefix: str, ha_prefix: str, publish: Publish, known: Known) -> None:
         self.prefix, self.ha_prefix = prefix, ha_prefix
         self._publish = publish
+        self._known = known
         self._published: dict[str, bytes] = {}  # node -> discovery document last published
         self._settings: dict[str, Any] = {}  # node -> settings in its last state document
 
@@ -42,8 +44,8 @@ class HomeAssistant:
         log.info("Home Assistant discovery published for node %s", node)
         return True
 
-    def announce_all(self, nodes: dict[str, dict[str, Any] | None]) -> None:
-        for node, state in sorted(nodes.items()):
+    def announce_all(self) -> None:
+        for node, state in sorted(self._known().items()):
             self.announce(node, state, force=True)
 
     def node_state(self, node: str, state: dict[str, Any]) -> None:
@@ -57,10 +59,10 @@ class HomeAssistant:
         if node not in self._published:
             self.announce(node, state)
 
-    def on_status(self, payload: bytes, nodes: dict[str, dict[str, Any] | None]) -> None:
+    def on_status(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
-            log.info("Home Assistant is online; publishing discovery for %d node(s)", len(nodes))
-            self.announce_all(nodes)
+            log.info("Home Assistant is online; publishing discovery")
+            self.announce_all()
 
     def forget(self, node: str) -> None:
         self._publish(discovery.discovery_topic(self.ha_prefix, node), b"", True)

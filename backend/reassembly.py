@@ -1,7 +1,9 @@
 """Reassembling frames from chunks, with bounded memory and resend bookkeeping.
 
-No MQTT and no disk here: the subscriber feeds decoded chunks in and acts on what comes out
-(complete frames, resend requests, lost frames).
+No MQTT and no disk here: the intake feeds decoded chunks in and acts on what comes out
+(complete frames, resend requests, lost frames). Which frames are finished already (late
+duplicates) is the ledger's to know (ledger.py); this holds only frames still incomplete.
+Times are the monotonic clock's: a wall clock stepped back by NTP must not stall a resend.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from espcam.backend.protocol import Chunk
+from espcam.backend.records import Frame
 
 log = logging.getLogger("espcam.reassembly")
 
@@ -30,19 +33,6 @@ class Limits:
     resend_after: float = 2.0  # seconds without a new chunk before asking for the missing ones
     resend_tries: int = 3
     max_age: float = 60.0  # an incomplete frame older than this is lost whatever else happens
-    remember_done: int = 256  # finished frame ids per node, so late duplicates are recognised
-
-
-@dataclass
-class Frame:
-    """A reassembled frame whose CRC matched; not yet known to be a JPEG."""
-
-    node: str
-    frame_id: int
-    data: bytes
-    crc32: int
-    meta: dict[str, Any]
-    first_chunk_at: float
 
 
 @dataclass(frozen=True)
@@ -60,6 +50,7 @@ class Lost:
     frame_id: int
     reason: str
     missing: int  # chunks still missing when given up
+    crc32: int = 0
 
 
 class FrameRejected(ValueError):
@@ -69,9 +60,9 @@ class FrameRejected(ValueError):
     will be asked for again (`tick`). False: it failed again and is given up (counted lost)."""
 
     def __init__(self, message: str, node: str, frame_id: int, retry: bool,
-                 evicted: list[Lost] | None = None) -> None:
+                 evicted: list[Lost] | None = None, crc32: int = 0) -> None:
         super().__init__(message)
-        self.node, self.frame_id, self.retry = node, frame_id, retry
+        self.node, self.frame_id, self.retry, self.crc32 = node, frame_id, retry, crc32
         self.evicted = evicted or []
 
 
@@ -87,6 +78,7 @@ class _Partial:
     received: int = 0
     tries: int = 0
     crc_retried: bool = False  # the whole frame was asked for again after a CRC mismatch
+    version: int = 1
 
     @property
     def count(self) -> int:
@@ -102,10 +94,6 @@ class Reassembler:
         self.counters: Counter[str] = Counter()
         # Insertion order is arrival order of each frame's first chunk: the oldest is evicted.
         self._partials: OrderedDict[tuple[str, int], _Partial] = OrderedDict()
-        # Finished frames per node: frame id -> CRC32. A chunk of a finished id with the same
-        # CRC is a late duplicate; with another CRC the id was re-used (a node that lost its
-        # flash counts from 1 again) and it starts a new frame.
-        self._done: dict[str, OrderedDict[int, int]] = {}
         self._bytes = 0
 
     # -- public view ---------------------------------------------------------------------
@@ -118,13 +106,6 @@ class Reassembler:
     def frames_held(self) -> int:
         return len(self._partials)
 
-    def is_done(self, node: str, frame_id: int, crc32: int | None = None) -> bool:
-        """True if this frame id (and, if given, this CRC) was finished or given up."""
-        done = self._done.get(node, {})
-        if frame_id not in done:
-            return False
-        return crc32 is None or done[frame_id] == crc32
-
     # -- input ---------------------------------------------------------------------------
 
     def add(self, node: str, chunk: Chunk, now: float) -> tuple[Frame | None, list[Lost]]:
@@ -133,19 +114,13 @@ class Reassembler:
         disagrees with the frame it claims to belong to or with the limits."""
         self.counters["chunks"] += 1
         key = (node, chunk.frame_id)
-        if self.is_done(node, chunk.frame_id, chunk.crc32):
-            self.counters["duplicate_chunks"] += 1
-            return None, []
-        if self.is_done(node, chunk.frame_id):
-            # Same id, different frame: a re-used id. Forget the old one and take this one.
-            self.counters["reused_frame_ids"] += 1
-            del self._done[node][chunk.frame_id]
         evicted: list[Lost] = []
         part = self._partials.get(key)
         if part is None:
             self._check_limits(chunk)
             evicted = self._make_room(node)
-            part = _Partial(node, chunk.frame_id, chunk.shape(), now, now)
+            part = _Partial(node, chunk.frame_id, chunk.shape(), now, now,
+                            version=chunk.version)
             self._partials[key] = part
         elif part.shape != chunk.shape():
             self.counters["rejected_chunks"] += 1
@@ -239,25 +214,21 @@ class Reassembler:
             raise FrameRejected(
                 f"LOST frame {part.frame_id} of node {part.node}: CRC32 {actual:08x} does not "
                 f"match the header's {crc:08x} again after the node sent the whole frame again; "
-                "not stored", part.node, part.frame_id, retry=False, evicted=evicted)
+                "not stored", part.node, part.frame_id, retry=False, evicted=evicted, crc32=crc)
         self._forget(part)
         self.counters["frames_complete"] += 1
-        return Frame(part.node, part.frame_id, data, crc, part.meta or {}, part.started)
+        return Frame(part.node, part.frame_id, data, crc, part.meta or {}, part.started,
+                     version=part.version)
 
     def _forget(self, part: _Partial) -> None:
         self._partials.pop((part.node, part.frame_id), None)
         self._bytes -= part.received
-        done = self._done.setdefault(part.node, OrderedDict())
-        done[part.frame_id] = part.shape[1]
-        done.move_to_end(part.frame_id)
-        while len(done) > self.limits.remember_done:
-            done.popitem(last=False)
 
     def _drop(self, part: _Partial, reason: str) -> Lost:
         missing = len(part.missing())
         self._forget(part)
         self.counters["frames_lost"] += 1
-        lost = Lost(part.node, part.frame_id, reason, missing)
+        lost = Lost(part.node, part.frame_id, reason, missing, part.shape[1])
         log.warning(
             "LOST frame %d of node %s: %s (%d of %d chunks missing)",
             part.frame_id, part.node, reason, missing, part.count,
@@ -296,21 +267,10 @@ class Reassembler:
         """Is this frame being reassembled (some chunks in, not finished nor given up)?"""
         return (node, frame_id) in self._partials
 
-    def mark_done(self, node: str, frame_id: int, crc32: int) -> None:
-        """Record a frame as finished without reassembling it (it is already stored, e.g.
-        before a restart): later chunks of it are duplicates."""
-        done = self._done.setdefault(node, OrderedDict())
-        done[frame_id] = crc32
-        done.move_to_end(frame_id)
-        while len(done) > self.limits.remember_done:
-            done.popitem(last=False)
-
     def forget_node(self, node: str) -> list[Lost]:
         """Drop everything held for a node; its incomplete frames are returned as lost."""
-        lost = [self._drop(p, "the node was forgotten")
+        return [self._drop(p, "the node was forgotten")
                 for p in list(self._partials.values()) if p.node == node]
-        self._done.pop(node, None)
-        return lost
 
     def drop_all(self, reason: str) -> list[Lost]:
         """Give up every incomplete frame (the service is stopping); each one is logged."""

@@ -16,7 +16,6 @@ is never replaced: a second frame that would get the same name gets the CRC in i
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -26,46 +25,22 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
+from espcam.backend.index import INDEX_NAME, Index, describe_db_error, why_not_writable
 from espcam.backend.jpeg import NotAJpeg, inspect_jpeg
 from espcam.backend.names import check_node_id, is_node_id
+from espcam.backend.records import StoredFrame
 
 log = logging.getLogger("espcam.storage")
+
+__all__ = ["INDEX_NAME", "Retention", "Storage", "StorageError", "StorageRejected",
+           "StoredFrame", "describe_os_error"]
 
 FILE_RE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(\d{1,10})(?:_[0-9a-f]{8})?\.jpg")
 DATE_DIR_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TMP_PREFIX = ".tmp-"
 # A temporary file ends in .part, not .jpg: nothing that looks for JPEGs picks up a partial one.
 TMP_SUFFIX = ".part"
-INDEX_NAME = "index.sqlite3"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    node        TEXT    NOT NULL,
-    frame_id    INTEGER NOT NULL,
-    captured_at REAL,
-    received_at REAL    NOT NULL,
-    taken_at    REAL    NOT NULL,   -- captured_at if the node's clock was set, else received_at
-    bytes       INTEGER NOT NULL,
-    width       INTEGER,
-    height      INTEGER,
-    trigger     TEXT,
-    crc         INTEGER NOT NULL,
-    path        TEXT    NOT NULL UNIQUE,
-    -- A frame id is re-used only by a node that lost its flash; then the CRC tells them apart.
-    PRIMARY KEY (node, frame_id, crc)
-);
-CREATE INDEX IF NOT EXISTS frames_by_time ON frames (node, taken_at);
-CREATE TABLE IF NOT EXISTS nodes (
-    node         TEXT PRIMARY KEY,
-    availability TEXT,
-    state        TEXT,
-    last_seen    REAL,
-    last_frame   INTEGER
-);
-"""
 
 
 class StorageError(OSError):
@@ -84,43 +59,6 @@ class Retention:
 
     max_age_days: float = 30.0
     max_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class StoredFrame:
-    node: str
-    frame_id: int
-    captured_at: float | None
-    received_at: float
-    bytes: int
-    width: int | None
-    height: int | None
-    trigger: str | None
-    crc: int
-    path: str  # relative to the data directory
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _describe_db_error(e: sqlite3.Error) -> str:
-    text = str(e)
-    if "readonly" in text or "read-only" in text:
-        return f"file system is read-only or not writable ({text})"
-    if "full" in text:
-        return f"disk full ({text})"
-    return f"index error ({text})"
-
-
-def _why_not_writable(root: Path) -> str | None:
-    try:
-        if os.statvfs(root).f_flag & os.ST_RDONLY:
-            return "file system is read-only"
-    except OSError:
-        return None
-    if not os.access(root, os.W_OK):
-        return "no permission to write there"
-    return None
 
 
 def describe_os_error(e: OSError) -> str:
@@ -168,11 +106,11 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 
 
-def _index_uri(path: Path, mode: str) -> str:
-    return f"file:{quote(str(path))}?{mode}"
-
-
 class Storage:
+    """Files under the data directory and the index that lists them. Safe to use from several
+    threads at once for different nodes (the store workers); a node's frames are handed to it
+    one at a time."""
+
     def __init__(self, data_dir: Path | str, retention: Retention | None = None, *,
                  readonly: bool = False) -> None:
         """Open (and, unless `readonly`, create or upgrade) the data directory's index.
@@ -180,142 +118,62 @@ class Storage:
         self.root = Path(data_dir).resolve()
         self.retention = retention or Retention()
         self.readonly = readonly
-        # Per node [frames, bytes] in the index, counted once and then kept up to date by
-        # every insert and delete here: counting on every stored frame cost 5-7 ms at 100 000
-        # rows (docs/benchmarks.md). Only this process writes the index.
-        self._totals: dict[str, list[int]] = {}
         try:
-            self.db = self._open_readonly() if readonly else self._open()
+            self.index = Index(self.root, readonly=readonly)
         except (OSError, sqlite3.Error) as e:
-            why = describe_os_error(e) if isinstance(e, OSError) else _describe_db_error(e)
+            why = describe_os_error(e) if isinstance(e, OSError) else describe_db_error(e)
             if not readonly and not isinstance(e, OSError):
-                why = _why_not_writable(self.root) or why  # SQLite only says "unable to open"
+                why = why_not_writable(self.root) or why  # SQLite only says "unable to open"
             raise StorageError(
                 e.errno if isinstance(e, OSError) else errno.EIO,
                 f"cannot open the index in {self.root}: {why}") from e
 
-    def _open(self) -> sqlite3.Connection:
-        self.root.mkdir(parents=True, exist_ok=True)
-        # check_same_thread off: the service owns one connection and serialises its use.
-        db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
-        try:
-            db.row_factory = sqlite3.Row
-            # WAL: a commit costs one fsync of the log instead of several, and `espcam nodes`
-            # / `frames` can read while the service writes. synchronous=NORMAL may lose the
-            # last rows on power loss, never the files: each JPEG is fsynced before its row is
-            # written and reconcile() indexes files without rows at start. (Keep the data
-            # directory on a local file system: WAL does not work over NFS.)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self.db = db
-            self._migrate()
-            db.executescript(SCHEMA)
-            db.commit()
-        except BaseException:
-            db.close()
-            raise
-        return db
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.index.db
 
-    def _open_readonly(self) -> sqlite3.Connection:
-        """For `espcam nodes` and `frames`: no pragma, no schema, nothing written, so they work
-        on a read-only data directory and never change what the service writes."""
-        path = self.root / INDEX_NAME
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "no index (has `espcam serve` run here?)",
-                                    str(path))
-        db = sqlite3.connect(_index_uri(path, "mode=ro"), uri=True, check_same_thread=False)
-        try:
-            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            # A WAL index closed cleanly has no -shm file, and a read-only directory cannot
-            # get one; nothing can write there either, so reading it as immutable is safe.
-            db.close()
-            db = sqlite3.connect(_index_uri(path, "immutable=1"), uri=True,
-                                 check_same_thread=False)
-            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        db.row_factory = sqlite3.Row
-        return db
-
-    def _migrate(self) -> None:
-        """Indexes written before frames were keyed by CRC too get the new key, rows kept."""
-        cols = {r["name"]: r["pk"] for r in self.db.execute("PRAGMA table_info(frames)")}
-        if not cols or cols.get("crc"):
-            return
-        log.info("index: re-keying the frames table by (node, frame_id, crc)")
-        with self.db:
-            self.db.execute("ALTER TABLE frames RENAME TO frames_old")
-            self.db.execute("DROP INDEX IF EXISTS frames_by_time")
-            self.db.executescript(SCHEMA)
-            self.db.execute("INSERT INTO frames SELECT node, frame_id, captured_at, received_at, "
-                            "taken_at, bytes, width, height, trigger, crc, path FROM frames_old")
-            self.db.execute("DROP TABLE frames_old")
+    @db.setter
+    def db(self, value: sqlite3.Connection) -> None:
+        self.index.db = value
 
     def close(self) -> None:
-        self.db.close()
+        self.index.close()
 
-    # -- writing -------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
     def has(self, node: str, frame_id: int, crc: int | None = None) -> bool:
         """Is this frame stored? With `crc`, only the frame of that id with that CRC counts."""
-        if crc is None:
-            row = self.db.execute(
-                "SELECT 1 FROM frames WHERE node = ? AND frame_id = ?", (node, frame_id)
-            ).fetchone()
-        else:
-            row = self.db.execute(
-                "SELECT 1 FROM frames WHERE node = ? AND frame_id = ? AND crc = ?",
-                (node, frame_id, crc),
-            ).fetchone()
-        return row is not None
-
-    def _node_totals(self, node: str) -> list[int]:
-        t = self._totals.get(node)
-        if t is None:
-            count, total = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM frames WHERE node = ?", (node,)
-            ).fetchone()
-            t = self._totals[node] = [count, total]
-        return t
+        return self.index.has(node, frame_id, crc)
 
     def count(self, node: str) -> int:
         """Frames of this node in the index."""
-        return self._node_totals(node)[0]
+        return self.index.totals(node)[0]
 
     def latest(self, node: str) -> StoredFrame | None:
         """The node's newest frame (by capture time, else arrival), or None."""
-        r = self.db.execute(
-            "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
-            "crc, path FROM frames WHERE node = ? ORDER BY taken_at DESC, frame_id DESC, "
-            "received_at DESC LIMIT 1", (node,)
-        ).fetchone()
-        return StoredFrame(**dict(r)) if r else None
+        return self.index.latest(node)
 
-    def forget_node(self, node: str, delete_frames: bool = False) -> int:
-        """Drop the node's row (availability, state); with `delete_frames` also its frames,
-        files and directory. Returns the number of frames deleted."""
-        check_node_id(node)
-        deleted = 0
-        if delete_frames:
-            for r in self.db.execute("SELECT path FROM frames WHERE node = ?", (node,)).fetchall():
-                (self.root / r["path"]).unlink(missing_ok=True)
-                deleted += 1
-            with self.db:
-                self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
-            self._totals.pop(node, None)
-            node_dir = self.root / node
-            (node_dir / "latest.jpg").unlink(missing_ok=True)
-            for day in sorted(node_dir.glob("*"), reverse=True):
-                try:
-                    day.rmdir()
-                except OSError:
-                    pass  # not empty: something we did not write; left alone
-            try:
-                node_dir.rmdir()
-            except OSError:
-                pass
-        with self.db:
-            self.db.execute("DELETE FROM nodes WHERE node = ?", (node,))
-        return deleted
+    def is_latest(self, node: str, path: str) -> bool:
+        """Is the stored frame at `path` the node's newest (by capture time, else arrival)?
+        Frames may complete out of order; latest.jpg and the retained image never go back."""
+        newest = self.latest(node)
+        return newest is None or newest.path == path
+
+    def nodes(self) -> list[dict]:
+        return self.index.nodes()
+
+    def frames(self, node: str, since: float | None = None, limit: int = 0) -> list[StoredFrame]:
+        return self.index.frames(node, since, limit)
+
+    def frame(self, node: str, frame_id: int) -> StoredFrame | None:
+        return self.index.frame(node, frame_id)
+
+    def update_node(self, node: str, *, seen_at: float, availability: str | None = None,
+                    state: dict | None = None) -> None:
+        self.index.update_node(check_node_id(node), seen_at=seen_at, availability=availability,
+                               state=state)
+
+    # -- writing ---------------------------------------------------------------------------
 
     def store(
         self,
@@ -330,9 +188,10 @@ class Storage:
         height: int | None = None,
         trigger: str | None = None,
     ) -> StoredFrame | None:
-        """Store one frame; None if (node, frame_id, crc) is already stored. Raises
-        StorageError when the disk refuses (worth retrying) and StorageRejected when the index
-        never will take it, in both cases after removing whatever this call had written."""
+        """Store one frame; None if (node, frame_id, crc) is already stored (the one place that
+        question is asked). Raises StorageError when the disk refuses (worth retrying) and
+        StorageRejected when the index never will take it, in both cases after removing
+        whatever this call had written."""
         check_node_id(node)
         taken = captured_at if captured_at is not None else received_at
         day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
@@ -355,23 +214,9 @@ class Storage:
                                                 day_dir / f"{name}_{crc:08x}.jpg"], jpeg)
             tmp.unlink(missing_ok=True)
             _fsync_dir(day_dir)
-            rel = f"{node}/{day}/{placed.name}"
-            totals = self._node_totals(node)
-            with self.db:
-                self.db.execute(
-                    "INSERT INTO frames (node, frame_id, captured_at, received_at, taken_at, "
-                    "bytes, width, height, trigger, crc, path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (node, frame_id, captured_at, received_at, taken, len(jpeg), width, height,
-                     trigger, crc, rel),
-                )
-                self.db.execute(
-                    "INSERT INTO nodes (node, last_seen, last_frame) VALUES (?, ?, ?) "
-                    "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
-                    "last_frame = excluded.last_frame",
-                    (node, received_at, frame_id),
-                )
-            totals[0] += 1
-            totals[1] += len(jpeg)
+            stored = StoredFrame(node, frame_id, captured_at, received_at, len(jpeg), width,
+                                 height, trigger, crc, f"{node}/{day}/{placed.name}")
+            self.index.add(stored, taken)
         except (OSError, sqlite3.Error, StorageRejected) as e:
             # Only what this call created goes: a file that was there before is never touched.
             for leftover in (placed if created else None, tmp):
@@ -390,12 +235,10 @@ class Storage:
             raise StorageError(
                 e.errno if isinstance(e, OSError) else errno.EIO,
                 f"cannot store {where}: "
-                f"{describe_os_error(e) if isinstance(e, OSError) else _describe_db_error(e)}",
+                f"{describe_os_error(e) if isinstance(e, OSError) else describe_db_error(e)}",
             ) from e
-        stored = StoredFrame(node, frame_id, captured_at, received_at, len(jpeg), width, height,
-                             trigger, crc, rel)
         try:
-            if self.is_latest(node, rel):
+            if self.is_latest(node, stored.path):
                 self._update_latest(node, placed)
             self.apply_retention(node, now=received_at)
         except (OSError, sqlite3.Error) as e:
@@ -403,7 +246,7 @@ class Storage:
             # periodic retention run.
             log.error("frame %d of node %s is stored, but latest.jpg or retention failed: %s",
                       frame_id, node, describe_os_error(e) if isinstance(e, OSError)
-                      else _describe_db_error(e))
+                      else describe_db_error(e))
         return stored
 
     def _place(self, tmp: Path, names: list[Path], jpeg: bytes) -> tuple[Path, bool]:
@@ -430,12 +273,6 @@ class Storage:
             f"{', '.join(p.name for p in names)} already exist with other content; they are "
             "kept and this frame is not stored")
 
-    def is_latest(self, node: str, path: str) -> bool:
-        """Is the stored frame at `path` the node's newest (by capture time, else arrival)?
-        Frames may complete out of order; latest.jpg and the retained image never go back."""
-        newest = self.latest(node)
-        return newest is None or newest.path == path
-
     def _update_latest(self, node: str, final: Path) -> None:
         latest = self.root / node / "latest.jpg"
         tmp = latest.with_name(TMP_PREFIX + "latest.jpg" + TMP_SUFFIX)
@@ -450,7 +287,31 @@ class Storage:
             # The frame itself is stored and indexed; a stale latest.jpg is not worth failing.
             log.error("cannot update %s: %s", latest, describe_os_error(e))
 
-    # -- retention -----------------------------------------------------------------------
+    def forget_node(self, node: str, delete_frames: bool = False) -> int:
+        """Drop the node's row (availability, state); with `delete_frames` also its frames,
+        files and directory. Returns the number of frames deleted."""
+        check_node_id(node)
+        deleted = 0
+        if delete_frames:
+            for _, path in self.index.paths(node):
+                (self.root / path).unlink(missing_ok=True)
+                deleted += 1
+            self.index.delete_node_frames(node)
+            node_dir = self.root / node
+            (node_dir / "latest.jpg").unlink(missing_ok=True)
+            for day in sorted(node_dir.glob("*"), reverse=True):
+                try:
+                    day.rmdir()
+                except OSError:
+                    pass  # not empty: something we did not write; left alone
+            try:
+                node_dir.rmdir()
+            except OSError:
+                pass
+        self.index.delete_node(node)
+        return deleted
+
+    # -- retention -------------------------------------------------------------------------
 
     def apply_retention(self, node: str, now: float | None = None) -> int:
         """Delete this node's oldest frames past max age or max bytes; keeps the newest one.
@@ -462,32 +323,23 @@ class Storage:
         # Called for every stored frame: read only what may have to go (through the
         # (node, taken_at) index), never the node's whole history, which grows to many
         # thousands of rows; a full scan made each store cost 100 ms at 100 000 rows.
-        totals = self._node_totals(node)
-        count, total = totals
+        count, total = self.index.totals(node)
         if count <= 1:
             return 0
         cutoff = now - ret.max_age_days * 86400 if ret.max_age_days > 0 else None
-        if (cutoff is None or not self.db.execute(
-                "SELECT 1 FROM frames WHERE node = ? AND taken_at < ? LIMIT 1",
-                (node, cutoff)).fetchone()) and (ret.max_bytes <= 0 or total <= ret.max_bytes):
+        too_old_any = cutoff is not None and self.index.older_than(node, cutoff)
+        if not too_old_any and (ret.max_bytes <= 0 or total <= ret.max_bytes):
             return 0
         doomed = []
-        kept = count
-        cur = self.db.execute(  # oldest first, straight off the (node, taken_at) index
-            "SELECT frame_id, path, bytes, taken_at FROM frames WHERE node = ? "
-            "ORDER BY taken_at", (node,)
-        )
-        for r in cur:
-            if kept <= 1:
-                break  # always keep the newest frame
+        # Oldest first, a few at a time: usually one frame goes, never the whole history read.
+        for r in self.index.oldest_first(node, count - 1):
             too_old = cutoff is not None and r["taken_at"] < cutoff
             too_big = ret.max_bytes > 0 and total > ret.max_bytes
             if not (too_old or too_big):
-                break  # oldest first: everything after this one is newer
+                break  # everything after this one is newer
             doomed.append(r)
             total -= r["bytes"]
-            kept -= 1
-        cur.close()
+        deleted = 0
         for r in doomed:
             path = self.root / r["path"]
             try:
@@ -495,31 +347,29 @@ class Storage:
             except OSError as e:
                 log.error("retention: cannot delete %s: %s", path, describe_os_error(e))
                 continue
-            with self.db:
-                self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
-            totals[0] -= 1
-            totals[1] -= r["bytes"]
+            self.index.remove(node, r["path"], r["bytes"])
+            deleted += 1
             try:
                 path.parent.rmdir()  # only succeeds once the day directory is empty
             except OSError:
                 pass
-        if doomed:
-            log.info("retention: deleted %d old frame(s) of node %s", len(doomed), node)
-        return len(doomed)
+        if deleted:
+            log.info("retention: deleted %d old frame(s) of node %s", deleted, node)
+        return deleted
 
     def apply_retention_all(self, now: float | None = None) -> dict[str, int]:
         """Retention for every node in the index, also those that stopped sending frames.
         Returns the number of frames deleted per node."""
-        nodes = [r[0] for r in self.db.execute("SELECT DISTINCT node FROM frames").fetchall()]
-        return {node: self.apply_retention(node, now=now) for node in nodes if is_node_id(node)}
+        return {node: self.apply_retention(node, now=now)
+                for node in self.index.frame_nodes() if is_node_id(node)}
 
-    # -- start-up consistency ------------------------------------------------------------
+    # -- start-up consistency --------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
         """Make files and index agree after a crash: index files that have no row, drop rows
         whose file is gone, delete temporary files of interrupted writes."""
         stats = {"indexed": 0, "dropped_rows": 0, "removed_tmp": 0, "skipped": 0}
-        known = {r["path"] for r in self.db.execute("SELECT path FROM frames")}
+        known = {path for _, path in self.index.paths()}
         for node_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             if not is_node_id(node_dir.name):
                 continue
@@ -538,84 +388,32 @@ class Storage:
                     m = FILE_RE.fullmatch(f.name)
                     if rel in known or not m:
                         continue
-                    data = f.read_bytes()
-                    try:
-                        # No pixel limit: this file passed the one in force when it was stored.
-                        info = inspect_jpeg(data, max_pixels=None)
-                    except NotAJpeg as e:
-                        log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
-                        stats["skipped"] += 1
-                        continue
-                    taken = _parse_stamp(m.group(1))
-                    frame_id = int(m.group(2))
-                    crc = zlib.crc32(data) & 0xFFFFFFFF
-                    if self.has(node_dir.name, frame_id, crc):
-                        log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
-                        stats["skipped"] += 1
-                        continue
-                    with self.db:
-                        self.db.execute(
-                            "INSERT INTO frames (node, frame_id, captured_at, received_at, "
-                            "taken_at, bytes, width, height, trigger, crc, path) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (node_dir.name, frame_id, taken, f.stat().st_mtime, taken,
-                             len(data), info.width, info.height, None, crc, rel),
-                        )
-                    stats["indexed"] += 1
-        for r in self.db.execute("SELECT node, frame_id, path FROM frames").fetchall():
-            if not (self.root / r["path"]).is_file():
-                with self.db:
-                    self.db.execute("DELETE FROM frames WHERE path = ?", (r["path"],))
+                    stats[self._index_orphan(node_dir.name, f, rel, m)] += 1
+        for node, path in self.index.paths():
+            if not (self.root / path).is_file():
+                self.index.drop(node, path)
                 stats["dropped_rows"] += 1
-        self._totals.clear()
+        self.index.forget_totals()
         if any(stats.values()):
             log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
         return stats
 
-    # -- nodes ---------------------------------------------------------------------------
-
-    def update_node(
-        self,
-        node: str,
-        *,
-        seen_at: float,
-        availability: str | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> None:
-        check_node_id(node)
-        with self.db:
-            self.db.execute(
-                "INSERT INTO nodes (node, availability, state, last_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
-                "availability = COALESCE(excluded.availability, availability), "
-                "state = COALESCE(excluded.state, state)",
-                (node, availability, json.dumps(state) if state is not None else None, seen_at),
-            )
-
-    # -- reading -------------------------------------------------------------------------
-
-    def nodes(self) -> list[dict[str, Any]]:
-        out = []
-        for r in self.db.execute("SELECT * FROM nodes ORDER BY node"):
-            d = dict(r)
-            d["state"] = json.loads(d["state"]) if d["state"] else None
-            out.append(d)
-        return out
-
-    def frames(self, node: str, since: float | None = None, limit: int = 0) -> list[StoredFrame]:
-        sql = ("SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
-               "crc, path FROM frames WHERE node = ? AND taken_at >= ? ORDER BY taken_at, "
-               "frame_id")
-        args: list[Any] = [node, since if since is not None else 0.0]
-        if limit:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [StoredFrame(**dict(r)) for r in self.db.execute(sql, args)]
-
-    def frame(self, node: str, frame_id: int) -> StoredFrame | None:
-        r = self.db.execute(
-            "SELECT node, frame_id, captured_at, received_at, bytes, width, height, trigger, "
-            "crc, path FROM frames WHERE node = ? AND frame_id = ? ORDER BY received_at DESC "
-            "LIMIT 1", (node, frame_id)
-        ).fetchone()
-        return StoredFrame(**dict(r)) if r else None
+    def _index_orphan(self, node: str, f: Path, rel: str, m: re.Match[str]) -> str:
+        """A JPEG on disk without a row (its writer died between file and row): index it."""
+        data = f.read_bytes()
+        try:
+            # No pixel limit: this file passed the one in force when it was stored.
+            info = inspect_jpeg(data, max_pixels=None)
+        except NotAJpeg as e:
+            log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
+            return "skipped"
+        taken = _parse_stamp(m.group(1))
+        frame_id = int(m.group(2))
+        crc = zlib.crc32(data) & 0xFFFFFFFF
+        if self.has(node, frame_id, crc):
+            log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
+            return "skipped"
+        self.index.add(StoredFrame(node, frame_id, taken, f.stat().st_mtime, len(data),
+                                   info.width, info.height, None, crc, rel), taken,
+                       as_last=False)
+        return "indexed"

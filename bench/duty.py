@@ -96,7 +96,7 @@ def battery(awake_s: float, sleep_ma: float) -> tuple[float, float]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from espcam.sim.runner import SimNode
+    from espcam.sim.node import SimNode
 
     work = Path(tempfile.mkdtemp(prefix="espcam-bench-duty-"))
     cycles = 3 if quick else 6

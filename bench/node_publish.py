@@ -1,7 +1,8 @@
 """Bench item 1: the node's publish path on MicroPython against one raw socket.write.
 
 Runs bench/mpy/publish.py on the MicroPython unix port with the node's real Sender, Link and
-umqtt.simple 1.3.4 (from .deps/node-lib), connected to the loopback sink of bench/sink.py; once
+MQTT client (the "before" rows: umqtt.simple 1.3.4 from .deps/node-lib, as the node published
+before), connected to the loopback sink of bench/sink.py; once
 with the sink reading as fast as it can (the interpreter's own cost, the worst case for the
 ratio) and once reading at 1 MB/s (a link slower than the CPU, as on a board).
 """
@@ -20,7 +21,7 @@ NAMES = {
     "raw": "limit: one socket.write of the same bytes + 4-byte answer",
     "node": "**node: Sender + Link (2 writes per chunk, TCP_NODELAY)**",
     "writes": "the node's writes alone (same 2 per chunk, raw socket)",
-    "chunking": "Sender alone (send_chunk a no-op)",
+    "chunking": "Sender alone (publish_from a no-op)",
     "before_nodelay": "before: umqtt publish per chunk, TCP_NODELAY",
     "before": "before: umqtt publish per chunk, Nagle on (as of 2026-11-24)",
     "crc": "crc32 of the frame (Frame(), not in the rows above)",

@@ -21,7 +21,7 @@ INTERVAL = 5.0
 
 def run(quick: bool, nodes: int | None = None, seconds: float | None = None,
         sims: int = 5) -> dict[str, Any]:
-    from espcam.sim.runner import SimNode
+    from espcam.sim.node import SimNode
     from lightnode import LightNode
 
     n = nodes or (50 if quick else 200)

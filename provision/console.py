@@ -14,7 +14,8 @@ def console_command(port: str) -> list[str]:
 
 
 def console(port: str, say: Callable[[str], None] = print) -> int:
+    cmd = console_command(port)  # says so if mpremote is missing, before the port is looked at
     # mpremote says only "failed to access PORT" whatever the cause: find out first.
     check_port(port)
     say(f"console on {port}: Ctrl-] to leave, Ctrl-C stops the app (reset to restart it)")
-    return subprocess.call(console_command(port))
+    return subprocess.call(cmd)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from espcam.provision.board import open_error, permission_words, port_hint
+from espcam.provision.board import GET_TOOLS, open_error, permission_words, port_hint
 from espcam.provision.errors import ProvisionError
 
 # Where the first image of a MicroPython firmware file (its bootloader) goes: the classic ESP32
@@ -60,12 +60,12 @@ def esptool_major() -> int:
     try:
         version = metadata.version("esptool")
     except metadata.PackageNotFoundError:
-        raise ProvisionError("esptool is not installed: run ./scripts/setup.sh") from None
+        raise ProvisionError(f"esptool is not installed ({GET_TOOLS})") from None
     major = int(version.split(".")[0])
     if major < ESPTOOL_MAJOR:
         raise ProvisionError(
-            f"esptool {version} is too old (espcam uses esptool 5's commands): run "
-            "./scripts/setup.sh, or pip install 'esptool>=5'"
+            f"esptool {version} is too old (espcam uses esptool 5's commands): "
+            f"{GET_TOOLS}, or pip install 'esptool>=5'"
         )
     return major
 

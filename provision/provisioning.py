@@ -1,11 +1,12 @@
 """`espcam provision NODE`: the node's broker user and its config.json, in one step.
 
 The broker user is named after the node, so a Mosquitto ACL can give each node its own topics
-with `pattern readwrite <prefix>/%u/#` (deploy/mosquitto/espcam.acl does that for `espcam/`).
+with `pattern` lines on `<prefix>/%u/...` (deploy/mosquitto/espcam.acl does that for `espcam/`).
 
 The default files are those of this checkout (deploy/mosquitto/passwd, deploy/nodes/), found
 from this file's place rather than the current directory, so running `espcam provision`
-elsewhere does not scatter password files around.
+elsewhere does not scatter password files around. An installed espcam has no checkout: there
+both files must be named.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from espcam.provision import credentials, nodeconfig
+from espcam.provision.checkout import checkout_root
 from espcam.provision.errors import ProvisionError
 
-ROOT = Path(__file__).resolve().parent.parent
-BROKER_DIR = ROOT / "deploy" / "mosquitto"
-DEFAULT_PASSWD = BROKER_DIR / "passwd"
-DEFAULT_NODES_DIR = ROOT / "deploy" / "nodes"
+CHECKOUT = checkout_root()
+BROKER_DIR: Path | None = CHECKOUT / "deploy" / "mosquitto" if CHECKOUT else None
+DEFAULT_PASSWD: Path | None = BROKER_DIR / "passwd" if BROKER_DIR else None
+DEFAULT_NODES_DIR: Path | None = CHECKOUT / "deploy" / "nodes" if CHECKOUT else None
 BROKER_CONF = "mosquitto.conf"
 ACL_PREFIX = "espcam"  # the prefix the shipped ACL (deploy/mosquitto/espcam.acl) is written for
 
@@ -42,6 +44,11 @@ class ProvisionOptions:
 def _check_defaults(opts: ProvisionOptions) -> None:
     if opts.passwd_file is not None and opts.config_out is not None:
         return
+    if BROKER_DIR is None:
+        raise ProvisionError(
+            "espcam is installed without its checkout, so there are no default files: give "
+            "--passwd-file (the password file your Mosquitto reads) and --config-out FILE"
+        )
     if not (BROKER_DIR / BROKER_CONF).is_file():
         raise ProvisionError(
             f"there is no espcam broker setup at {BROKER_DIR} ({BROKER_CONF} is missing), so "
@@ -51,11 +58,18 @@ def _check_defaults(opts: ProvisionOptions) -> None:
 
 
 def passwd_path(opts: ProvisionOptions) -> Path:
-    return Path(opts.passwd_file) if opts.passwd_file is not None else DEFAULT_PASSWD
+    """Given, or the checkout's (_check_defaults made sure there is one)."""
+    if opts.passwd_file is not None:
+        return Path(opts.passwd_file)
+    assert DEFAULT_PASSWD is not None
+    return DEFAULT_PASSWD
 
 
 def config_path(opts: ProvisionOptions) -> Path:
-    return Path(opts.config_out or DEFAULT_NODES_DIR / f"{opts.node_id}.json")
+    if opts.config_out is not None:
+        return Path(opts.config_out)
+    assert DEFAULT_NODES_DIR is not None
+    return DEFAULT_NODES_DIR / f"{opts.node_id}.json"
 
 
 def _check_new_passwd_file(path: Path) -> None:

@@ -3,6 +3,9 @@
 The birth message (`<prefix>/<node>/availability` = `online`, docs/protocol.md) is the proof
 that the whole chain works: Wi-Fi, broker address, credentials, app. The console is read at
 the same time because, when the birth does not come, the node's own log says why.
+
+The birth is watched as a user that may read it (espcam.provision.watchlogin says which),
+never as the node itself.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from espcam.backend.session import make_client
 from espcam.provision.errors import ProvisionError
+from espcam.provision.watchlogin import Login, refused_advice
 
 
 class ConsoleTail:
@@ -67,26 +71,18 @@ class ConsoleTail:
 
 
 class BirthWatch:
-    """Subscribes before the reset, so only a birth published after it counts: the retained
-    `online` of the previous run arrives with the retain flag and is ignored."""
+    """Subscribed to the node's availability and state from construction on; only a birth
+    published after arm() counts, so neither the retained `online` of the previous run
+    (retain flag set) nor anything from before the reset is taken for it."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        prefix: str,
-        node: str,
-        user: str | None = None,
-        password: str | None = None,
-    ) -> None:
-
+    def __init__(self, host: str, port: int, prefix: str, node: str, login: Login) -> None:
         self.topic = f"{prefix}/{node}/availability"
         self.state_topic = f"{prefix}/{node}/state"
         self.births: list[bytes] = []
         self.state: bytes | None = None
         self.cond = threading.Condition()
-        self.c = make_client(f"espcam-deploy-{uuid.uuid4().hex[:8]}", username=user or "",
-                             password=password or "")
+        self.c = make_client(f"espcam-deploy-{uuid.uuid4().hex[:8]}",
+                             username=login.user or "", password=login.password or "")
         subscribed = threading.Event()
         refused: list[str] = []
 
@@ -97,8 +93,13 @@ class BirthWatch:
                 return
             c.subscribe([(self.topic, 1), (self.state_topic, 1)])
 
+        def on_subscribe(c, u, mid, codes, props):
+            if codes and codes[0].is_failure:
+                refused.append(f"it may not read {self.topic}")
+            subscribed.set()
+
         self.c.on_connect = on_connect
-        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.on_subscribe = on_subscribe
         self.c.on_message = self._on_message
         try:
             self.c.connect(host, port, keepalive=30)
@@ -112,8 +113,9 @@ class BirthWatch:
             self.close()
             why = refused[0] if refused else "no answer"
             raise ProvisionError(
-                f"the broker at {host}:{port} refused this computer ({why}) with the node's "
-                "credentials; check --mqtt-user/--mqtt-password, or deploy with --no-wait"
+                f"the broker at {host}:{port} refused the watcher logged in {login.words()} "
+                f"({why}); deploy watches for the node's birth message as a user that may read "
+                f"it, never as the node: {refused_advice(login)}"
             )
 
     def _on_message(self, c, u, m) -> None:
@@ -125,6 +127,12 @@ class BirthWatch:
             elif m.topic == self.state_topic:
                 self.state = m.payload
             self.cond.notify_all()
+
+    def arm(self) -> None:
+        """From now on: what came before (a previous app's messages) does not count."""
+        with self.cond:
+            self.births.clear()
+            self.state = None
 
     def wait_online(self, timeout: float) -> bool:
         with self.cond:

@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from broker import Broker  # noqa: E402
+from provision_helpers import WIFI  # noqa: E402
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def light_node(broker):
 @pytest.fixture
 def make_node(broker, tmp_path):
     """Factory for simulated nodes (the real node/ files on MicroPython) on the test broker."""
-    from espcam.sim.runner import SimNode
+    from espcam.sim.node import SimNode
 
     nodes = []
 
@@ -76,3 +77,22 @@ def make_node(broker, tmp_path):
     yield make
     for n in nodes:
         n.stop()
+
+
+@pytest.fixture
+def vboard(tmp_path):
+    """A virtual board behind a pseudo-terminal (tests/vboard.py), for the board tools."""
+    from vboard import VirtualBoard
+
+    b = VirtualBoard(tmp_path / "vb", wifi=WIFI).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def no_watcher_login_from_outside(tmp_path, monkeypatch):
+    """`espcam deploy` takes its watcher's password from the environment and ./.env."""
+    from espcam.provision.watchlogin import CLI_PASSWORD_VAR
+
+    monkeypatch.delenv(CLI_PASSWORD_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from polling import wait_until  # noqa: F401 (the e2e tests take it from here)
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ESPCAM = str(Path(sys.executable).parent / "espcam")
@@ -129,6 +129,14 @@ def command(observer, node: str, cmd: str, timeout: float = 30, **kw) -> dict:
     ack = observer.command(node, {"id": cid, "cmd": cmd, **kw}, timeout=timeout)
     assert ack["ok"], ack
     return ack
+
+
+def wait_captures(node, n: int, timeout: float = 60) -> None:
+    """Until the node's camera has handed out at least n frames (it keeps capturing)."""
+    try:
+        wait_until(lambda: len(node.captures()) >= n, timeout, f"{node.name}: {n} captures")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; node log:\n{node.log()[-2000:]}") from None
 
 
 def stop_interval(observer, node: str) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 NODE_LIB = ROOT / "node" / "lib"
-UMQTT = ROOT / ".deps" / "node-lib"
 SCRIPTS = Path(__file__).resolve().parent / "node_scripts"
 
 
@@ -20,7 +19,7 @@ def run_mpy(script: str, *args: str, heapsize: str | None = None, cwd: Path | No
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
     cmd += [str(SCRIPTS / script), *args]
-    path = [*(extra_path or []), NODE_LIB, UMQTT]
+    path = [*(extra_path or []), NODE_LIB]
     e = dict(os.environ, MICROPYPATH=":".join(str(p) for p in path), **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=e)
 

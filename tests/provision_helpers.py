@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
 from espcam import provision  # noqa: E402
 
 # Where code of each chip loads (an IRAM address), and its ELF machine: Xtensa or RISC-V.
@@ -32,6 +35,16 @@ CLI_CODE = (
     "provision.add_arguments(p.add_subparsers(dest='command', required=True)); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )
+
+
+# The Wi-Fi of the virtual boards the deploy tests use.
+WIFI = {"ssid": "espcam-test", "password": "test-wifi-pw"}
+
+
+def deploy_args(port: str, node: str, broker: str) -> list[str]:
+    """`espcam deploy` of a new node with WIFI to the board on `port`."""
+    return ["deploy", "--port", port, "--node-id", node, "--wifi-ssid", WIFI["ssid"],
+            "--wifi-password", WIFI["password"], "--broker", broker]  # fmt: skip
 
 
 def cli(*argv: str) -> int:
@@ -121,3 +134,53 @@ def cli_process(*argv: str, **kw) -> subprocess.CompletedProcess:
 def auth_broker_config(passwd: Path) -> str:
     """Broker(extra=...) for a Mosquitto that only lets in the users of `passwd`."""
     return f"password_file {passwd}\n"
+
+
+SHIPPED_BROKER = ROOT / "deploy" / "mosquitto"
+# The settings of the shipped mosquitto.conf that decide who gets in and what each user may do.
+AUTH_SETTINGS = ("per_listener_settings", "allow_anonymous", "password_file", "acl_file",
+                 "use_username_as_clientid")
+
+
+def production_broker_config(passwd: Path) -> str:
+    """Broker(extra=...) with the authentication of the shipped mosquitto.conf, line for line:
+    its password file (here `passwd`), the shipped espcam.acl (copied beside it, where the
+    shipped config expects it) and use_username_as_clientid, which follows Broker's listener
+    line and so applies to it as in the shipped file."""
+    shutil.copy(SHIPPED_BROKER / "espcam.acl", passwd.parent / "espcam.acl")
+    lines = [line.replace("/mosquitto/config/", f"{passwd.parent}/")
+             for line in (SHIPPED_BROKER / "mosquitto.conf").read_text().splitlines()
+             if line.split(" ")[0] in AUTH_SETTINGS]
+    missing = set(AUTH_SETTINGS) - {line.split(" ")[0] for line in lines}
+    assert not missing, f"the shipped mosquitto.conf no longer sets {missing}"
+    return "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+# Python code that drops the checkout's editable install from the import machinery, so that
+# espcam comes from PYTHONPATH alone (an installed_copy) and a module missing there is missing.
+FORGET_CHECKOUT = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+    "if not getattr(f, '__module__', '').startswith('__editable__')]; "
+)
+
+
+def installed_command(site: Path, code: str, *argv: str) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) running `code` with the espcam installed in `site` only; run it
+    outside the checkout (cwd), or the checkout's own folders are importable too."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return [sys.executable, "-c", FORGET_CHECKOUT + code, *argv], dict(env, PYTHONPATH=str(site))
+
+
+def installed_copy(dest: Path) -> Path:
+    """espcam laid out in `dest` as its wheel installs it into site-packages, with no checkout
+    around it: the packages, package-dir and package-data of pyproject.toml, as setuptools
+    reads them (a package's own modules, not its subfolders, plus its data patterns)."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in tool["packages"]:
+        src = ROOT / tool["package-dir"][package]
+        out = dest.joinpath(*package.split("."))
+        patterns = ["*.py", *tool.get("package-data", {}).get(package, [])]
+        for f in (f for pattern in patterns for f in src.glob(pattern)):
+            (out / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, out / f.relative_to(src))
+    return dest

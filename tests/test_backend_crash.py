@@ -10,10 +10,15 @@ only its newest frame; docs/backend.md ("What survives a crash") says what that 
 
 After each restart the broker hands over the last chunk of every frame the dead backend had
 not settled, each of them a frame in progress until the node resends the rest; so that none
-is evicted to make room, this backend may hold many frames per node (max_frames_per_node)."""
+is evicted to make room, this backend may hold many frames per node (max_frames_per_node).
+
+The kill moments come from a seed chosen per run and printed; ESPCAM_TEST_SEED=<seed> runs the
+same kill moments again (where the backend is at each moment still depends on the machine)."""
 
 from __future__ import annotations
 
+import io
+import os
 import random
 import sys
 import threading
@@ -23,9 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from e2e_helpers import Serve, index_rows, wait_until  # noqa: E402
-from espcam.backend.jpeg import inspect_jpeg  # noqa: E402
-from espcam.backend.storage import Storage  # noqa: E402
 from lightnode import LightNode, Watcher, make_jpeg  # noqa: E402
+from PIL import Image  # noqa: E402
 
 KILLS = 18
 NODE = "cam-crash"
@@ -37,7 +41,7 @@ def check_visible_files(data: Path, sent: dict[int, bytes], seed: int) -> int:
     for p in files:
         assert not p.name.startswith("."), f"temporary file looks like a JPEG: {p} (seed {seed})"
         body = p.read_bytes()
-        inspect_jpeg(body)  # decodes completely
+        Image.open(io.BytesIO(body)).load()  # decodes completely
         if p.name == "latest.jpg":
             assert body in sent.values(), f"latest.jpg is no frame that was sent (seed {seed})"
         else:
@@ -46,8 +50,17 @@ def check_visible_files(data: Path, sent: dict[int, bytes], seed: int) -> int:
     return len(files)
 
 
+def run_seed() -> int:
+    """ESPCAM_TEST_SEED if set (replaying a failure), else a new one; printed either way, so
+    that pytest shows it with a failure."""
+    given = os.environ.get("ESPCAM_TEST_SEED")
+    seed = int(given) if given else random.randrange(1 << 30)
+    print(f"kill moments from seed {seed}; replay with ESPCAM_TEST_SEED={seed}")
+    return seed
+
+
 def test_sigkill_at_random_moments_while_large_frames_stream_in(broker, tmp_path):
-    seed = random.randrange(1 << 30)
+    seed = run_seed()
     rnd = random.Random(seed)
     data = tmp_path / "data"
     serve = Serve(broker, data, tmp_path / "backend.log", client_id="crash-backend",
@@ -93,7 +106,7 @@ def test_sigkill_at_random_moments_while_large_frames_stream_in(broker, tmp_path
         try:
             wait_until(lambda: want <= {r[1] for r in index_rows(data, NODE)}, 240,
                        f"all {len(want)} frames stored")
-        except AssertionError:
+        except TimeoutError:
             missing = want - {r[1] for r in index_rows(data, NODE)}
             raise AssertionError(f"frames never stored: {sorted(missing)} (seed {seed})\n"
                                  + serve.log_text()[-3000:]) from None
@@ -113,12 +126,6 @@ def test_sigkill_at_random_moments_while_large_frames_stream_in(broker, tmp_path
     assert on_disk == {r[4] for r in rows}
     assert not list(data.rglob(".tmp-*"))
     assert check_visible_files(data, frames, seed) == len(frames) + 1  # and latest.jpg
-    # Nothing left for a reconcile to do: index and files agree.
-    s = Storage(data)
-    try:
-        assert s.reconcile() == {"indexed": 0, "dropped_rows": 0, "removed_tmp": 0,
-                                 "skipped": 0}
-    finally:
-        s.close()
+    assert (data / NODE / "latest.jpg").read_bytes() == frames[max(frames)]
     log = serve.log_text()
     assert "Traceback" not in log and "LOST" not in log, log[-3000:]

@@ -84,7 +84,7 @@ def test_oversize_messages_are_dropped_with_a_log_line_and_make_no_node(
     fid = sender.publish_frame(make_jpeg(seed=3))
     stored(everything, "cam-size", fid)
     assert b.status()["counters"]["oversize_messages"] == 3
-    assert "cam-huge" not in b.nodes
+    assert "cam-huge" not in b.nodes.views
     assert any("dropped a message of" in r.getMessage() and "cam-huge" in r.getMessage()
                for r in caplog.records)
 
@@ -99,10 +99,10 @@ def test_message_queue_is_bounded_by_bytes_and_loses_nothing(start_backend, ligh
         for seed in range(20):
             jpeg = make_jpeg(320, 240, seed=seed)  # ~60 KB each: 1.2 MB in all
             frames[cam.publish_frame(jpeg, wait=False)] = jpeg
-            assert b.messages.bytes <= limit
+            assert b.inbox.bytes <= limit
         # paho's thread stops at the limit; the broker and TCP hold the rest.
-        wait_until(lambda: b.messages.bytes > limit - 4200, 30, "the queue to fill")
-        assert b.messages.bytes <= limit
+        wait_until(lambda: b.inbox.bytes > limit - 4200, 30, "the queue to fill")
+        assert b.inbox.bytes <= limit
     for fid, jpeg in frames.items():
         assert Path(stored(everything, "cam-q", fid)["file"]).read_bytes() == jpeg
 
@@ -126,7 +126,7 @@ def test_junk_alone_under_a_new_id_creates_no_node_and_no_device(start_backend, 
         ok.stop()
     finally:
         raw.stop()
-    assert "cam-ghost" not in b.nodes and "cam-ghost" not in b.reports
+    assert "cam-ghost" not in b.nodes.views and "cam-ghost" not in b.nodes.reports
     ghost = {discovery_topic("homeassistant", "cam-ghost"), "espcam/_backend/nodes/cam-ghost"}
     assert not [m.topic for m in everything.msgs if m.topic in ghost]
     counters = b.status()["counters"]
@@ -146,7 +146,7 @@ def test_tracked_nodes_are_capped(start_backend, broker, everything, data_dir, c
     finally:
         for n in made:
             n.stop()
-    assert len(b.nodes) == 3 and b.status()["counters"]["refused_nodes"] >= 2
+    assert len(b.nodes.views) == 3 and b.status()["counters"]["refused_nodes"] >= 2
     assert any("max_nodes=3" in r.getMessage() for r in caplog.records)
 
     def reports() -> set[str]:

@@ -261,9 +261,9 @@ def test_hostile_node_ids_are_dropped_and_nothing_leaves_the_data_dir(backend, b
     status = backend.status()
     assert status["counters"]["bad_topics"] == (chunks + 2) * len(HOSTILE)
     # Nothing of them is held: no node state, no frame in memory, nothing queued.
-    assert set(backend.nodes) <= {"cam-ok", "evil-client", "nul-client"}
+    assert set(backend.nodes.views) <= {"cam-ok", "evil-client", "nul-client"}
     assert status["frames_in_flight"] == 0 and status["bytes_in_flight"] == 0
-    assert status["queued_messages"] == 0 and status["nodes"] == len(backend.nodes)
+    assert status["queued_messages"] == 0 and status["nodes"] == len(backend.nodes.views)
 
 
 def test_incomplete_frame_flood_keeps_memory_bounded(broker, light_node, watch, data_dir):
@@ -311,13 +311,17 @@ def test_full_disk_is_reported_service_stays_up_and_the_frame_is_kept(backend, l
     status = w.wait_for(lambda _: next((s for s in w.json("espcam/_backend/status")
                                         if s["storage"] != "ok"), None))
     assert "disk full" in status["storage"] and status["pending_frames"] == 1
-    # Still serving: a state document is handled while storage is down.
+    # Still serving: a state document naming a frame of which nothing arrived is handled while
+    # storage is down, and the backend asks the node for that frame.
+    gone = cam.publish_frame(make_jpeg(seed=3), skip=range(1000))
     cam.publish_state()
+    w.wait_for(lambda _: any(r["frame"] == gone for r in cam.resend_requests))
     assert {p: p.read_bytes() for p in data_dir.rglob("*.jpg")} == before
     assert not [p for p in data_dir.rglob(".tmp-*")]
     monkeypatch.undo()  # space freed
     event = wait_stored(w, "cam-disk", fid)
     assert (data_dir / event["path"]).read_bytes() == second
+    assert (data_dir / wait_stored(w, "cam-disk", gone)["path"]).read_bytes() == make_jpeg(seed=3)
     w.wait_for(lambda _: w.json("espcam/_backend/status")[-1]["storage"] == "ok")
 
 
@@ -367,10 +371,14 @@ def test_real_full_disk_then_space_freed(broker, light_node, watch, tiny_fs):
         for fid, path in stored.items():
             assert (data_dir / path).read_bytes() == sent[fid]  # nothing stored was damaged
         assert not list(data_dir.rglob(".tmp-*"))
-        cam.publish_state()  # still serving
+        # Still serving: the state names a frame of which nothing arrived; it is asked for.
+        gone = cam.publish_frame(make_jpeg(320, 240, seed=999), skip=range(1000))
+        sent[gone] = make_jpeg(320, 240, seed=999)
+        cam.publish_state()
+        w.wait_for(lambda _: any(r["frame"] == gone for r in cam.resend_requests))
         subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_fs)], check=True)
         for fid in sent:
-            wait_stored(w, "cam-full", fid)
+            assert (data_dir / wait_stored(w, "cam-full", fid)["path"]).read_bytes() == sent[fid]
         assert b.status()["storage"] == "ok" and b.status()["pending_frames"] == 0
     finally:
         b.stop()

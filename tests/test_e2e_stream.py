@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,19 @@ from e2e_helpers import (  # noqa: E402
     captured,
     command,
     frames_cli,
-    index_rows,
     stop_interval,
+    stored_ids,
+    wait_captures,
     wait_until,
 )
 from espcam.sim.runner import Simulator  # noqa: E402
 from observer import retained  # noqa: E402
+
+
+def events(observer, node: str) -> list[int]:
+    """Frame ids of the node's "frame stored" events, as announced, in order."""
+    return [json.loads(m.payload)["frame"] for m in list(observer.msgs)
+            if m.topic == f"espcam/{node}/event"]
 
 
 @pytest.fixture
@@ -45,19 +51,21 @@ def test_three_nodes_sustained_run_every_frame_on_disk_identical_once(broker, ob
         for n in sim.nodes:
             observer.topic(f"espcam/{n.name}/availability", 30, payload=b"online")
         asked: dict[str, list[int]] = {n.name: [] for n in sim.nodes}
-        for _ in range(4):  # about 40 s of streaming, with capture commands in between
-            time.sleep(10)
+        for _ in range(4):  # streaming at 2 s, with a capture command after every 2 frames
+            for n in sim.nodes:
+                wait_captures(n, len(n.captures()) + 2)
             for n in sim.nodes:
                 asked[n.name].append(command(observer, n.name, "capture")["result"]["frame"])
         produced = {n.name: stop_interval(observer, n) for n in sim.nodes}
         for n in sim.nodes:
-            assert produced[n.name] >= 10, f"{n.name} captured only {produced[n.name]} frames"
-            # Every frame the camera produced is stored, under its id 1 … N.
-            wait_until(lambda n=n: len(index_rows(data, n.name)) >= produced[n.name], 60,
-                       f"{n.name}'s {produced[n.name]} frames in the index")
-            # The backend announces the last one after publishing the retained image.
-            observer.wait(lambda m, n=n: m.topic == f"espcam/{n.name}/event"
-                          and json.loads(m.payload)["frame"] == produced[n.name], 30)
+            # 4 x 2 frames of its own (the first is owed at boot) and 4 commanded ones.
+            assert produced[n.name] >= 12, produced
+            # Every frame the camera produced is stored, under its id 1 … N, and announced.
+            want = set(range(1, produced[n.name] + 1))
+            wait_until(lambda n=n, want=want: stored_ids(data, n.name) == want, 60,
+                       f"{n.name}'s frames {sorted(want)} in the index")
+            wait_until(lambda n=n, want=want: set(events(observer, n.name)) == want, 60,
+                       f"{n.name}'s {len(want)} stored events")
         for n in sim.nodes:
             frames = captured(n)
             assert len(frames) == produced[n.name]  # nothing captured after the interval stop
@@ -74,9 +82,7 @@ def test_three_nodes_sustained_run_every_frame_on_disk_identical_once(broker, ob
             assert triggers[1] == "boot"
             assert {triggers[fid] for fid in ids - set(asked[n.name]) - {1}} == {"interval"}
             # One stored event per frame: nothing was stored twice.
-            events = [json.loads(m.payload)["frame"] for m in observer.msgs
-                      if m.topic == f"espcam/{n.name}/event"]
-            assert sorted(events) == sorted(ids)
+            assert sorted(events(observer, n.name)) == sorted(ids)
             # Home Assistant (or mosquitto_sub) gets the newest frame from the retained image.
             newest = frames[produced[n.name]]
             assert retained(broker.host, broker.port, f"espcam/{n.name}/image") == newest

@@ -1,23 +1,24 @@
-"""Home Assistant's entities against a simulated node (the real node/ code): pressing a button or
-changing a setting is publishing exactly what Home Assistant publishes (from the discovery
-document), and the node acts on it; availability follows the node and the backend."""
+"""Home Assistant's entities against a simulated node (the real node/ code) and a running
+backend, through a real Mosquitto: pressing a button or changing a setting is publishing exactly
+what Home Assistant publishes (from the discovery document the backend published), the node
+acts on it, and each entity shows what Home Assistant would render from the messages the node
+and the backend really publish; availability follows the node and the backend."""
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from espcam.backend import discovery  # noqa: E402
+from e2e_helpers import OK, PIN_FLASH, espcam  # noqa: E402
 from espcam.backend.config import Settings  # noqa: E402
-from espcam.backend.session import make_client  # noqa: E402
 from espcam.backend.subscriber import Backend  # noqa: E402
-from hatemplate import available, expand, render  # noqa: E402
-from observer import Observer  # noqa: E402
+from hass import HomeAssistant  # noqa: E402
 
 NODE = "cam-ha"
 
@@ -35,108 +36,64 @@ def backend(settings):
     b.stop()
 
 
-class HomeAssistant:
-    """What Home Assistant does with the discovery document: publish commands, read states."""
-
-    def __init__(self, obs: Observer, node: str) -> None:
-        self.obs, self.node = obs, node
-        msg = obs.wait(lambda m: m.topic == discovery.discovery_topic("homeassistant", node)
-                       and m.payload and b'"sw"' in m.payload)
-        self.doc = json.loads(msg.payload)
-
-    def comp(self, key: str) -> dict:
-        return expand(self.doc["cmps"][key])
-
-    def publish(self, key: str, payload: str) -> int:
-        c = self.comp(key)
-        mark = self.obs.mark()
-        self.obs.c.publish(c["command_topic"], payload, qos=c["qos"])
-        return mark
-
-    def press(self, key: str) -> int:
-        return self.publish(key, self.comp(key)["payload_press"])
-
-    def set(self, key: str, value) -> int:
-        c = self.comp(key)
-        if c["platform"] == "light":
-            return self.publish(key, render(c[f"command_{value}_template"], state=value))
-        return self.publish(key, render(c["command_template"], value=value))
-
-    def ack(self, key: str, start: int) -> dict:
-        return self.obs.json_on(f"espcam/{self.node}/ack", lambda d: d["id"] == f"ha-{key}",
-                                start=start)
-
-    def state(self, key: str, start: int = 0, pred=lambda s: True) -> str:
-        """The entity's state as Home Assistant renders it from the next message on its topic."""
-        c = self.comp(key)
-        tpl = c.get("value_template") or c.get("state_template")
-        msg = self.obs.wait(lambda m: m.topic == c["state_topic"] and m.payload
-                            and pred(render(tpl, m.payload.decode())), start=start)
-        return render(tpl, msg.payload.decode())
-
-    def retained(self) -> dict[str, bytes | None]:
-        """The latest payload of every topic seen (what a subscriber holds; an empty message
-        is a message too)."""
-        out: dict[str, bytes | None] = {}
-        for m in self.obs.msgs:
-            out[m.topic] = m.payload
-        return out
-
-    def light(self, key: str = "flash") -> str:
-        """The light's state now: its template on the last payload of its state topic."""
-        c = self.comp(key)
-        return render(c["state_template"], (self.retained()[c["state_topic"]] or b"").decode())
-
-    def available(self, key: str = "camera") -> bool:
-        return available(self.doc["cmps"][key], self.doc, self.retained())
-
-
 def test_buttons_light_and_settings_reach_the_node(make_node, backend, everything):
     node = make_node(NODE)
     ha = HomeAssistant(everything, NODE)
 
-    # Capture: the node captures, the backend stores it, the camera topic gets the JPEG.
-    captured = len(node.captures())
-    mark = ha.press("capture")
+    # Capture: the node captures, the backend stores it, the camera shows the stored JPEG.
+    assert node.captures() == []  # interval 0: it captures only when asked
+    mark = ha.publish("capture", "press")
     ack = ha.ack("capture", mark)
     assert ack["ok"] and ack["cmd"] == "capture"
-    event = everything.json_on(f"espcam/{NODE}/event", lambda e: e["frame"] ==
-                               ack["result"]["frame"], start=mark)
-    assert len(node.captures()) == captured + 1
-    image = everything.wait(lambda m: m.topic == ha.comp("camera")["topic"], start=mark)
-    assert image.payload == Path(event["file"]).read_bytes()
-    # The backend's report follows: frames stored and the time of the last capture.
-    assert int(ha.state("frames_stored", mark, lambda s: int(s) >= 1)) >= 1
-    assert ha.state("last_capture", mark, lambda s: s not in ("", "None"))
+    event = everything.json_on(f"espcam/{NODE}/event",
+                               lambda e: e["frame"] == ack["result"]["frame"], start=mark)
+    assert len(node.captures()) == 1
+    stored = Path(event["file"]).read_bytes()
+    assert stored == node.captures()[0].read_bytes()
+    assert ha.wait_state("camera", lambda img: img == stored, mark) == stored
+    # The backend's report follows: one frame stored, none lost, taken when it was taken.
+    assert ha.wait_state("frames_stored", lambda s: s == "1", mark) == "1"
+    assert ha.state("frames_lost") == "0"
+    shown = ha.wait_state("last_capture", lambda s: s is not None, mark)
+    taken = event["captured_at"] or event["received_at"]
+    # The sensor's ISO 8601 text carries milliseconds.
+    assert abs(datetime.fromisoformat(shown).timestamp() - taken) < 0.001, (shown, taken)
+    assert datetime.fromisoformat(shown).utcoffset() == UTC.utcoffset(None)
 
-    # Flash light: the flash pin follows. (Its state comes from the node's state document:
-    # test_flash_light_follows_the_node_not_the_ack.)
-    mark = ha.set("flash", "on")
+    # Flash light: the flash pin follows, and the light shows the node's own state.
+    mark = ha.publish("flash", "on")
     assert ha.ack("flash", mark)["ok"]
-    assert node.pins().get(4) == 1
-    mark = ha.set("flash", "off")
+    assert ha.wait_state("flash", lambda s: s == "on", mark) == "on"
+    assert node.pins().get(PIN_FLASH) == 1
+    mark = ha.publish("flash", "off")
     assert ha.ack("flash", mark)["ok"]
-    assert node.pins().get(4, 0) == 0
+    assert ha.wait_state("flash", lambda s: s == "off", mark) == "off"
+    assert node.pins().get(PIN_FLASH, 0) == 0
 
     # Settings: the node applies them and its state document shows them to Home Assistant.
-    for key, value, shown in (("interval", 30, "30"), ("quality", 55, "55"),
-                              ("frame_size", "QVGA", "QVGA"), ("flash_on_capture", "true",
-                                                               "true")):
-        mark = ha.set(key, value)
+    for key, action, value, shown in (("interval", "set", 30, 30), ("quality", "set", 55, 55),
+                                      ("frame_size", "set", "QVGA", "QVGA"),
+                                      ("flash_on_capture", "on", None, "on")):
+        mark = ha.publish(key, action, value)
         ack = ha.ack(key, mark)
         assert ack["ok"], ack
-        assert ha.state(key, mark, lambda s, shown=shown: s == shown) == shown
-    assert json.loads(node.board_file("config.json").read_text())["quality"] == 55
+        assert ha.wait_state(key, lambda s, shown=shown: s == shown, mark) == shown
+    saved = json.loads(node.board_file("config.json").read_text())
+    assert (saved["interval"], saved["quality"], saved["frame_size"],
+            saved["flash_on_capture"]) == (30, 55, "QVGA", True)
 
-    # Sensors read from the state document.
+    # Sensors read from the state document: a node just powered on.
     assert int(ha.state("rssi")) < 0 and int(ha.state("heap_free")) > 0
-    assert ha.state("reset_cause") and ha.state("wake")
+    assert float(ha.state("uptime")) > 0
+    assert ha.state("reset_cause") == "power_on" and ha.state("wake") == "none"
 
-    # Reboot: the node acks and starts again.
-    mark = ha.press("reboot")
+    # Reboot: the node acks and starts again, and says why it did.
+    mark = ha.publish("reboot", "press")
     assert ha.ack("reboot", mark)["ok"]
     node.wait_boots(2)
     everything.topic(f"espcam/{NODE}/availability", start=mark, payload=b"online")
+    assert ha.wait_state("reset_cause", lambda s: s == "hard", mark) == "hard"
+    assert ha.available("camera") and ha.available("reset_cause")
 
 
 def test_availability_online_sleeping_offline_and_backend_down(make_node, settings,
@@ -178,6 +135,7 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
         node.stop()
         node.start()
         everything.topic(f"espcam/{NODE}/availability", start=mark, payload=b"online")
+        assert ha.available("camera")
         mark = everything.mark()
         node.kill()
         everything.topic(f"espcam/{NODE}/availability", start=mark, payload=b"offline")
@@ -187,53 +145,40 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
         backend.stop()
 
 
-def test_flash_light_follows_the_node_not_the_ack(broker, backend, everything):
-    """The documented payloads of a flash pulse and a sleep (docs/protocol.md): the node acks
-    `{"flash": "on"}`, publishes its state with `"flash": "on"`, and with `"flash": "off"` when
-    the pulse ends (or before a deep sleep). Home Assistant's light shows off, whatever the ack
-    said, and whatever the backend kept."""
-    node = "cam-pulse"
-    cam = make_client(node)
-    cam.connect(broker.host, broker.port)
-    cam.loop_start()
-    try:
-        state = {"proto": 1, "node": node, "app": "0.1.0", "fw": "1.24.1", "driver": "camera",
-                 "mac": "24:0a:c4:00:00:01", "rssi": -60, "heap_free": 80000, "uptime": 5.0,
-                 "time": 1763980000, "reset_cause": "power_on", "wake": "none", "frame": 0,
-                 "camera": "ok", "chunk_size": 4096, "sleep_until": None, "flash": "off",
-                 "settings": {"interval": 0, "frame_size": "VGA", "quality": 80,
-                              "flash_on_capture": False, "sleep_interval": 0, "awake": 5,
-                              "motion_cooldown": 10, "motion": False}}
+def test_flash_light_follows_the_node_not_the_ack(broker, make_node, backend, everything,
+                                                  tmp_path):
+    """A flash pulse acks `{"flash": "on"}` and the LED goes off by itself when it ends; a deep
+    sleep turns it off too. The light shows what the node's state document says the LED is
+    (docs/home-assistant.md), so it ends off both times, whatever the last ack said."""
+    node = make_node(NODE)
+    ha = HomeAssistant(everything, NODE)
+    assert ha.wait_state("flash", lambda s: s is not None) == "off"
 
-        def publish(kind: str, doc: dict | str) -> None:
-            payload = doc if isinstance(doc, str) else json.dumps(doc)
-            cam.publish(f"espcam/{node}/{kind}", payload, qos=1,
-                        retain=kind in ("availability", "state")).wait_for_publish(10)
+    # A pulse from the command line, the light off before it.
+    mark = everything.mark()
+    r = espcam(broker, tmp_path / "data", "flash", NODE, "pulse", "--ms", "300")
+    assert r.returncode == OK, r.stdout + r.stderr
+    ack = everything.json_on(f"espcam/{NODE}/ack", lambda d: d["cmd"] == "flash", start=mark)
+    assert ack["ok"] and ack["result"] == {"flash": "on"}
+    everything.wait(lambda _: ha.states("flash", mark)[-1:] == ["off"], start=mark)
+    # Exactly: lit when the pulse began, off when it ended; nothing else from the node.
+    assert ha.states("flash", mark) == ["on", "off"]
+    assert node.pins().get(PIN_FLASH, 0) == 0
+    assert ha.available("flash")
 
-        publish("availability", "online")
-        publish("state", state)
-        ha = HomeAssistant(everything, node)
-        assert ha.state("flash") == "off"
-        # Home Assistant turns the light on; the node acks and says so in its state.
-        mark = ha.set("flash", "on")
-        publish("ack", {"id": "ha-flash", "cmd": "flash", "ok": True,
-                        "result": {"flash": "on"}})
-        publish("state", {**state, "flash": "on", "uptime": 6.0})
-        assert ha.state("flash", mark, lambda s: s == "on") == "on"
-        # A pulse from the CLI: acked "on", and the LED goes off by itself 200 ms later.
-        mark = everything.mark()
-        publish("ack", {"id": "p1", "cmd": "flash", "ok": True, "result": {"flash": "on"}})
-        publish("state", {**state, "flash": "on", "uptime": 7.0})
-        publish("state", {**state, "flash": "off", "uptime": 7.2})
-        everything.wait(lambda m: m.topic == f"espcam/{node}/state"
-                        and b'"uptime": 7.2' in m.payload, start=mark)
-        assert ha.light() == "off" and ha.available("flash")
-        # Before a deep sleep: the state with the LED off and sleep_until, then `sleeping`.
-        publish("state", {**state, "flash": "on", "uptime": 8.0})
-        publish("state", {**state, "flash": "off", "uptime": 9.0, "sleep_until": 1763990000})
-        publish("availability", "sleeping")
-        everything.topic(f"espcam/{node}/availability", payload=b"sleeping")
-        assert ha.light() == "off" and ha.available("flash")
-    finally:
-        cam.loop_stop()
-        cam.disconnect()
+    # Lit from Home Assistant, then a deep sleep: the node turns the LED off and says so
+    # before it says `sleeping`.
+    mark = ha.publish("flash", "on")
+    assert ha.ack("flash", mark)["result"] == {"flash": "on"}
+    assert ha.wait_state("flash", lambda s: s == "on", mark) == "on"
+    assert node.pins().get(PIN_FLASH) == 1
+    mark = everything.mark()
+    r = espcam(broker, tmp_path / "data", "sleep", NODE, "600")
+    assert r.returncode == OK, r.stdout + r.stderr
+    everything.topic(f"espcam/{NODE}/availability", start=mark, payload=b"sleeping")
+    assert ha.states("flash", mark) == ["off"]
+    last_state = [json.loads(m.payload) for m in list(everything.msgs)[mark:]
+                  if m.topic == f"espcam/{NODE}/state"][-1]
+    assert last_state["flash"] == "off" and last_state["sleep_until"]
+    assert ha.state("flash") == "off" and ha.available("flash")
+    assert node.pins().get(PIN_FLASH, 0) == 0

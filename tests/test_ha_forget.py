@@ -88,7 +88,7 @@ def test_forget_removes_the_device_and_live_state_and_keeps_frames(broker, setti
         assert "stored frames kept" in capsys.readouterr().out
         assert not any(retained_topics(broker, "cam-old").values())
         assert "cam-old" not in node_rows(data_dir)
-        assert "cam-old" not in backend.nodes
+        assert "cam-old" not in backend.nodes.views
         assert frame_files(data_dir, "cam-old") == files
         assert cli(settings, "frames", "cam-old") == 0
     finally:

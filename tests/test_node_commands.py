@@ -2,7 +2,8 @@
 
 import json
 
-from test_node_sim import online
+from mpy import ROOT
+from test_node_sim import command_state, online
 
 
 def hostile_commands() -> list[bytes]:
@@ -61,10 +62,35 @@ def test_every_hostile_command_gets_an_error_ack_and_the_node_survives(observer,
     assert ok["ok"]
     data, _, _ = observer.frame("cam-1", ok["result"]["frame"])
     assert data == node.captures()[-1].read_bytes()
-    st = observer.command("cam-1", {"id": "st", "cmd": "status"})
+    st, state = command_state(observer, {"id": "st", "cmd": "status"})
     assert st["ok"]
-    state = observer.json_on("espcam/cam-1/state", lambda d: True, start=observer.mark() - 2)
     assert state["settings"]["interval"] == 0 and state["settings"]["quality"] == 80
+
+
+def test_every_invalid_command_vector_is_refused_over_mqtt_for_its_rule(observer, make_node):
+    # The vectors' commands sent to a running node: each error ack names the vector's rule as
+    # its code and echoes the id and cmd the vector says could be read.
+    make_node("cam-1")
+    online(observer)
+    vectors = json.loads((ROOT / "tests" / "vectors" / "commands.json").read_text())["invalid"]
+    for case in vectors:
+        start = observer.mark()
+        observer.c.publish("espcam/cam-1/cmd", case["payload"].encode(), qos=1)
+        ack = observer.json_on("espcam/cam-1/ack", start=start, timeout=30)
+        assert {k: ack.get(k) for k in case["ack"]} == case["ack"], (case["name"], ack)
+        assert isinstance(ack["error"], str) and ack["error"], ack
+
+
+def test_ids_and_errors_in_any_script_arrive_whole(observer, make_node):
+    # MicroPython's json writes non-ASCII as UTF-8: the MQTT lengths are counted in bytes.
+    make_node("cam-1")
+    online(observer)
+    cid = "caf\u00e9 \u2615 \u0001"
+    ack = observer.command("cam-1", {"id": cid, "cmd": "status"})
+    assert ack["id"] == cid and ack["ok"]
+    ack = observer.command("cam-1", {"id": cid, "cmd": "cr\u00e8me"})
+    assert (ack["id"], ack["cmd"], ack["code"]) == (cid, "cr\u00e8me", "unknown_cmd")
+    assert "cr\u00e8me" in ack["error"]
 
 
 def test_sixty_kb_frame_under_a_constrained_heap(observer, make_node, tmp_path):

@@ -3,10 +3,10 @@ them. Real Mosquitto, real MicroPython, the unmodified node files."""
 
 import json
 
-from espcam.sim.runner import BOARD_LIB
+from espcam.sim.chip import BOARD_LIB
 from mpy import lines_ok, run_mpy
 from observer import parse_chunk
-from test_node_sim import PIN_FLASH, online, wait_until
+from test_node_sim import PIN_FLASH, birth_state, command_state, online, wait_until
 
 
 def frames_on(observer, start, node="cam-1"):
@@ -20,24 +20,21 @@ def frames_on(observer, start, node="cam-1"):
     return out
 
 
-def state_after(observer, start, pred=lambda d: True, timeout=60):
+def state_after(observer, start, pred, timeout=60):
     return observer.json_on("espcam/cam-1/state", pred, timeout, start)
 
 
 def test_flash_state_is_in_the_state_document(observer, make_node):
     node = make_node("cam-1")
-    online(observer)
-    assert observer.json_on("espcam/cam-1/state")["flash"] == "off"
+    assert birth_state(observer)["flash"] == "off"
+    ack, state = command_state(observer, {"id": "f1", "cmd": "flash", "state": "on"})
+    assert ack["ok"] and state["flash"] == "on"
+    ack, state = command_state(observer, {"id": "f2", "cmd": "flash", "state": "off"})
+    assert ack["ok"] and state["flash"] == "off"
     start = observer.mark()
-    assert observer.command("cam-1", {"id": "f1", "cmd": "flash", "state": "on"})["ok"]
-    assert state_after(observer, start)["flash"] == "on"
-    start = observer.mark()
-    assert observer.command("cam-1", {"id": "f2", "cmd": "flash", "state": "off"})["ok"]
-    assert state_after(observer, start)["flash"] == "off"
-    start = observer.mark()
-    ack = observer.command("cam-1", {"id": "f3", "cmd": "flash", "state": "pulse", "ms": 300})
-    assert ack["ok"]
-    assert state_after(observer, start)["flash"] == "on"
+    ack, state = command_state(observer, {"id": "f3", "cmd": "flash", "state": "pulse",
+                                          "ms": 300})
+    assert ack["ok"] and state["flash"] == "on"
     # When the pulse ends the node says so, and that is what a late subscriber reads.
     assert state_after(observer, start, lambda d: d["flash"] == "off")
     wait_until(lambda: node.pins().get(PIN_FLASH) == 0, what="pulse off")
@@ -148,22 +145,19 @@ def test_after_the_cooldown_the_sleeping_node_arms_the_pir_again(observer, make_
 
 def test_the_state_names_no_frame_after_a_power_cycle(observer, make_node):
     node = make_node("cam-1")
-    online(observer)
-    assert observer.json_on("espcam/cam-1/state")["frame"] is None
+    assert birth_state(observer)["frame"] is None
     fid = observer.command("cam-1", {"id": "c1", "cmd": "capture"})["result"]["frame"]
-    start = observer.mark()
-    assert observer.command("cam-1", {"id": "s", "cmd": "status"})["ok"]
-    assert state_after(observer, start)["frame"] == fid
+    assert command_state(observer, {"id": "s", "cmd": "status"})[1]["frame"] == fid
     node.kill()   # power cut: RTC memory is gone, the flash (and its id reservation) is kept
     start = observer.mark()
     node.start()
-    state = state_after(observer, start, lambda d: d["uptime"] < 30 and d["frame"] != fid)
+    state = birth_state(observer, start=start)
+    assert node.boots == 2
     assert state["reset_cause"] == "power_on" and state["frame"] is None
     ack = observer.command("cam-1", {"id": "c2", "cmd": "capture"})
     assert ack["result"]["frame"] > fid   # a gap, never a repeat
-    start = observer.mark()
-    assert observer.command("cam-1", {"id": "s2", "cmd": "status"})["ok"]
-    assert state_after(observer, start)["frame"] == ack["result"]["frame"]
+    state = command_state(observer, {"id": "s2", "cmd": "status"})[1]
+    assert state["frame"] == ack["result"]["frame"]
 
 
 def test_a_deep_sleep_the_chip_refuses_leaves_the_board_usable(tmp_path):

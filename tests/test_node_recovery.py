@@ -4,10 +4,10 @@ Mosquitto, real MicroPython, the unmodified node files."""
 
 import json
 
-from test_node_sim import online
+from test_node_sim import command_state, online
 
 
-def state_after(observer, start, pred=lambda d: True, timeout=60):
+def state_after(observer, start, pred, timeout=60):
     return observer.json_on("espcam/cam-1/state", pred, timeout, start)
 
 
@@ -26,8 +26,7 @@ def test_a_failing_camera_gives_an_error_ack_and_the_node_recovers(observer, mak
     assert ack["ok"], ack
     data, _, _ = observer.frame("cam-1", ack["result"]["frame"], start=start)
     assert data == node.captures()[-1].read_bytes()
-    assert observer.command("cam-1", {"id": "s", "cmd": "status"})["ok"]
-    assert state_after(observer, start, lambda d: d["uptime"] > 0)["camera"] == "ok"
+    assert command_state(observer, {"id": "s", "cmd": "status"})[1]["camera"] == "ok"
     assert node.boots == 1
 
 
@@ -110,9 +109,7 @@ def test_a_config_change_that_cannot_be_saved_changes_nothing(observer, make_nod
     ack = observer.command("cam-1", {"id": "k", "cmd": "config",
                                      "set": {"quality": 40, "interval": 30}})
     assert ack["ok"] is False and "could not save settings" in ack["error"], ack
-    start = observer.mark()
-    assert observer.command("cam-1", {"id": "st", "cmd": "status"})["ok"]
-    settings = state_after(observer, start)["settings"]
+    settings = command_state(observer, {"id": "st", "cmd": "status"})[1]["settings"]
     assert (settings["quality"], settings["interval"]) == (80, 0)
     assert json.loads(node.board_file("config.json").read_text())["quality"] == 80
 

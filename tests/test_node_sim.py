@@ -14,15 +14,38 @@ PIN_FLASH = 4
 
 
 def online(observer, node="cam-1", start=0, timeout=30):
-    observer.topic(f"espcam/{node}/availability", timeout, start, payload=b"online")
+    return observer.topic(f"espcam/{node}/availability", timeout, start, payload=b"online")
+
+
+def index_of(observer, msg) -> int:
+    return next(i for i, m in enumerate(observer.msgs) if m is msg)
+
+
+def birth_state(observer, node="cam-1", start=0, timeout=30) -> dict:
+    """The state document of the next connection from `start` on: a node publishes `online`,
+    then its state, each time it connects; an earlier boot's state cannot be mistaken for it."""
+    first = index_of(observer, online(observer, node, start, timeout)) + 1
+    return json.loads(observer.topic(f"espcam/{node}/state", timeout, first).payload)
+
+
+def command_state(observer, cmd: dict, node="cam-1", timeout=30) -> tuple[dict, dict]:
+    """Runs a command; returns its ack and the state document it published: the node publishes
+    a command's state before its ack, on one connection, and MQTT keeps the order."""
+    start = observer.mark()
+    observer.c.publish(f"espcam/{node}/cmd", json.dumps(cmd), qos=1)
+    ack = observer.wait(lambda m: m.topic == f"espcam/{node}/ack"
+                        and json.loads(m.payload)["id"] == cmd["id"], timeout, start)
+    states = [m for m in observer.msgs[start:index_of(observer, ack)]
+              if m.topic == f"espcam/{node}/state"]
+    assert states, f"{cmd['cmd']} published no state before its ack"
+    return json.loads(ack.payload), json.loads(states[-1].payload)
 
 
 
 
 def test_birth_and_retained_state(broker, observer, make_node):
     node = make_node("cam-1")
-    online(observer)
-    state = observer.json_on("espcam/cam-1/state")
+    state = birth_state(observer)
     assert state["proto"] == 1 and state["node"] == "cam-1"
     assert state["reset_cause"] == "power_on"
     assert state["settings"]["frame_size"] == "VGA"
@@ -100,9 +123,8 @@ def test_config_change_survives_reboot(observer, make_node):
     boots = node.boots
     start = observer.mark()
     assert observer.command("cam-1", {"id": "r1", "cmd": "reboot"})["ok"]
-    online(observer, start=start)
-    wait_until(lambda: node.boots > boots, what="reboot")
-    state = observer.json_on("espcam/cam-1/state", lambda d: d["uptime"] < 30, start=start)
+    state = birth_state(observer, start=start)
+    assert node.boots == boots + 1 and state["reset_cause"] == "hard"   # machine.reset()
     assert state["settings"]["quality"] == 55 and state["settings"]["frame_size"] == "QVGA"
 
 
@@ -126,7 +148,7 @@ def test_stop_lets_a_half_sent_frame_finish_before_the_power_goes_off(observer, 
     def freeze_at_first_chunk(c, u, m):
         # In the observer's network thread: the node is stopped within a few chunks.
         if m.topic == "espcam/cam-1/frame" and not frozen.is_set():
-            os.kill(node._proc.pid, signal.SIGSTOP)
+            os.kill(node.process.pid, signal.SIGSTOP)
             frozen.set()
         relay(c, u, m)
 
@@ -143,11 +165,11 @@ def test_stop_lets_a_half_sent_frame_finish_before_the_power_goes_off(observer, 
         fid = first.frame_id
         if len(chunks) < first.count:
             break   # caught in the middle of the frame
-        os.kill(node._proc.pid, signal.SIGCONT)   # the whole frame was out already; again
+        os.kill(node.process.pid, signal.SIGCONT)   # the whole frame was out already; again
     else:
         pytest.fail("never caught a frame half sent")
     observer.c.on_message = relay
-    proc = node._proc
+    proc = node.process
     stopping = threading.Thread(target=node.stop, kwargs={"grace": 30})
     stopping.start()
     wait_until(lambda: (node.ctl / "poweroff").exists(), what="the power-off request")
@@ -165,7 +187,7 @@ def test_stop_lets_a_half_sent_frame_finish_before_the_power_goes_off(observer, 
 def test_stop_ends_a_node_that_never_gets_to_idle(observer, make_node):
     node = make_node("cam-1")
     online(observer)
-    proc = node._proc
+    proc = node.process
     os.kill(proc.pid, signal.SIGSTOP)   # as a node stuck in a call that never returns
     node.stop(grace=0.5)
     assert proc.poll() is not None and node.status == "stopped"

@@ -13,7 +13,15 @@ import pytest
 from broker import Broker
 from espcam.backend.session import make_client  # noqa: E402
 from espcam.provision import ProvisionError, credentials
-from provision_helpers import ROOT, auth_broker_config, cli, cli_process
+from provision_helpers import (
+    CLI_CODE,
+    ROOT,
+    auth_broker_config,
+    cli,
+    cli_process,
+    installed_command,
+    installed_copy,
+)
 
 
 def can_connect(broker: Broker, user: str, password: str) -> bool:
@@ -132,10 +140,12 @@ def test_provision_checks_its_input_before_touching_the_password_file(tmp_path, 
 
 
 def checkout(folder, with_broker_setup: bool):
-    """A copy of the provision package in a checkout-like folder, with or without the broker
-    setup (deploy/mosquitto/mosquitto.conf) the default files belong next to."""
+    """A copy of the provision package in a checkout-like folder (pyproject.toml beside it),
+    with or without the broker setup (deploy/mosquitto/mosquitto.conf) the default files
+    belong next to."""
     shutil.copytree(ROOT / "provision", folder / "provision",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copy(ROOT / "pyproject.toml", folder / "pyproject.toml")
     # `espcam.provision` is this folder's provision/, as the checkout's is through pyproject.
     (folder / "espcam").mkdir()
     (folder / "espcam" / "__init__.py").write_text(
@@ -146,25 +156,48 @@ def checkout(folder, with_broker_setup: bool):
     return folder
 
 
+PROVISION = ["provision", "cam-d", "--wifi-ssid", "home", "--broker", "10.0.0.2"]
+
+
 def test_default_files_go_to_the_checkout_not_the_current_directory(tmp_path):
     repo = checkout(tmp_path / "repo", with_broker_setup=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = cli_process("provision", "cam-d", "--wifi-ssid", "home", "--broker", "10.0.0.2",
-                       root=repo, cwd=elsewhere)  # fmt: skip
+    proc = cli_process(*PROVISION, root=repo, cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert "cam-d" in credentials.read_users(repo / "deploy" / "mosquitto" / "passwd")
     cfg = json.loads((repo / "deploy" / "nodes" / "cam-d.json").read_text())
     assert cfg["broker"]["user"] == "cam-d"
     assert list(elsewhere.iterdir()) == []
 
-    # Installed without the broker setup beside it: no place for the defaults, so refused.
+    # A checkout without the broker setup: no place for the defaults, so refused.
     bare = checkout(tmp_path / "bare", with_broker_setup=False)
-    proc = cli_process("provision", "cam-d", "--wifi-ssid", "home", "--broker", "10.0.0.2",
-                       root=bare, cwd=elsewhere)  # fmt: skip
+    proc = cli_process(*PROVISION, root=bare, cwd=elsewhere)
     assert proc.returncode == 1
     assert "mosquitto.conf is missing" in proc.stderr and "--passwd-file" in proc.stderr
     assert not (bare / "deploy").exists() and list(elsewhere.iterdir()) == []
+
+
+def test_installed_without_a_checkout_the_files_must_be_named(tmp_path):
+    site = installed_copy(tmp_path / "site-packages")
+    cmd, env = installed_command(site, CLI_CODE, *PROVISION)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "installed without its checkout" in proc.stderr
+    assert "--passwd-file" in proc.stderr and "--config-out" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-packages"]
+    assert not list(site.rglob("passwd")) and not list(site.rglob("cam-d.json"))
+
+    passwd, out = tmp_path / "broker" / "passwd", tmp_path / "cam-d.json"
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "mosquitto.conf").write_text("password_file passwd\n")
+    cmd, env = installed_command(site, CLI_CODE, *PROVISION, "--passwd-file", str(passwd),
+                                 "--config-out", str(out))  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "cam-d" in credentials.read_users(passwd)
+    assert json.loads(out.read_text())["node_id"] == "cam-d"
 
 
 def test_a_new_password_file_is_made_only_next_to_a_broker_config(tmp_path, capsys):

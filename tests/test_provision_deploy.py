@@ -1,6 +1,7 @@
 """`espcam deploy` onto a virtual board (tests/vboard.py): MicroPython's unix port behind a
 pty, driven by mpremote like a board. The deployed app then runs from the board's folder
-against a real Mosquitto, so "online" and the frame below are the app's own doing."""
+against a real Mosquitto, so "online" and the frame below are the app's own doing. Watching
+for the birth on the shipped broker: test_provision_watch.py."""
 
 from __future__ import annotations
 
@@ -15,29 +16,35 @@ import pytest
 from broker import Broker
 from espcam.provision import ProvisionError, credentials
 from espcam.provision.board import Board
-from espcam.provision.deploy import (
-    MIP_NET_TIMEOUT,
+from espcam.provision.mpy import (
     PROBE,
-    UMQTT_LOCAL,
     check_board_loads,
     check_mpy_compatible,
     compile_module,
     mpy_cross_binary,
 )
+from espcam.provision.watchlogin import CLI_PASSWORD_VAR, CLI_USER
 from observer import Observer
-from provision_helpers import ROOT, auth_broker_config, cli
+from provision_helpers import (
+    CLI_CODE,
+    WIFI,
+    auth_broker_config,
+    cli,
+    deploy_args,
+    installed_command,
+    installed_copy,
+)
 from vboard import VirtualBoard
 
-WIFI = {"ssid": "espcam-test", "password": "test-wifi-pw"}
-APP_MODULES = sorted(p.stem for p in (ROOT / "node" / "lib" / "espcam").glob("*.py"))
+from espcam.paths import node_app
+
+NODE = node_app()
+APP_MODULES = sorted(p.stem for p in (NODE / "lib" / "espcam").glob("*.py"))
 XTENSAWIN = 10 << 10  # the native-arch bits of sys.implementation._mpy on an ESP32
 
-
-@pytest.fixture
-def vboard(tmp_path):
-    b = VirtualBoard(tmp_path / "vb", wifi=WIFI).start()
-    yield b
-    b.stop()
+# deploy reads the watcher's password from the environment and ./.env: neither may come
+# from the shell or the checkout the tests run in.
+pytestmark = pytest.mark.usefixtures("no_watcher_login_from_outside")
 
 
 def copied(out: str) -> list[str]:
@@ -45,8 +52,9 @@ def copied(out: str) -> list[str]:
 
 
 class SilentProxy:
-    """An HTTPS proxy that accepts connections and never answers: a network that swallows
-    packets, as seen by mpremote's `mip install` (urllib honours https_proxy)."""
+    """An HTTP(S) proxy that accepts connections and never answers: whatever would download
+    something through it (urllib honours https_proxy, as mpremote's `mip install` did) is seen
+    in `accepted`, and would hang rather than succeed."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -70,23 +78,11 @@ class SilentProxy:
             c.close()
 
 
-def closed_port_url() -> str:
-    s = socket.create_server(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
-
-
 def use_proxy(monkeypatch, url: str) -> None:
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, url)
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
-
-
-def node_args(vboard: VirtualBoard, node: str, broker: str) -> list[str]:
-    return ["deploy", "--port", vboard.port, "--node-id", node, "--wifi-ssid", WIFI["ssid"],
-            "--wifi-password", WIFI["password"], "--broker", broker]  # fmt: skip
 
 
 def test_provision_then_deploy_brings_the_node_online_and_it_sends_a_frame(
@@ -104,9 +100,8 @@ def test_provision_then_deploy_brings_the_node_online_and_it_sends_a_frame(
     obs = Observer(broker.host, broker.port, user="watcher", password="watcher-pw")
     try:
         capsys.readouterr()
-        assert (
-            cli("deploy", "--port", vboard.port, "--config", str(cfg_file), "--umqtt", "local") == 0
-        )
+        assert cli("deploy", "--port", vboard.port, "--config", str(cfg_file),
+                   "--watch-user", "watcher", "--watch-password", "watcher-pw") == 0  # fmt: skip
         out = capsys.readouterr().out
         assert "cam-v1 is online" in out
         assert cfg["broker"]["password"] not in out and WIFI["password"] not in out
@@ -114,11 +109,12 @@ def test_provision_then_deploy_brings_the_node_online_and_it_sends_a_frame(
         fs = vboard.fs
         assert json.loads((fs / "config.json").read_text()) == cfg
         for f in ("boot.py", "main.py"):
-            assert (fs / f).read_bytes() == (ROOT / "node" / f).read_bytes()
+            assert (fs / f).read_bytes() == (NODE / f).read_bytes()
         assert sorted(p.name for p in (fs / "lib" / "espcam").iterdir()) == [
             m + ".mpy" for m in APP_MODULES
         ]
-        assert (fs / "lib" / "umqtt" / "simple.py").exists()
+        # The app brings its own MQTT client: nothing but the app goes into lib/.
+        assert [p.name for p in (fs / "lib").iterdir()] == ["espcam"]
         assert not (fs / "safe_mode").exists()
 
         start = obs.mark()
@@ -134,10 +130,10 @@ def test_provision_then_deploy_brings_the_node_online_and_it_sends_a_frame(
 
 def test_redeploy_copies_only_what_changed(tmp_path, vboard, broker, observer, capsys):
     src = tmp_path / "node"
-    shutil.copytree(ROOT / "node", src)
+    shutil.copytree(NODE, src)
     args = ["deploy", "--port", vboard.port, "--node-src", str(src), "--node-id", "cam-v2",
             "--wifi-ssid", WIFI["ssid"], "--wifi-password", WIFI["password"],
-            "--broker", broker.url, "--umqtt", "local"]  # fmt: skip
+            "--broker", broker.url]  # fmt: skip
     assert cli(*args) == 0
     first = copied(capsys.readouterr().out)
     assert {"boot.py", "main.py", "config.json", "lib/espcam/app.mpy"} <= set(first)
@@ -166,7 +162,7 @@ def test_redeploy_copies_only_what_changed(tmp_path, vboard, broker, observer, c
     # Only the app: the board's config.json stays as it is.
     before = (vboard.fs / "config.json").read_bytes()
     assert cli("deploy", "--port", vboard.port, "--node-src", str(src), "--keep-config",
-               "--no-compile", "--umqtt", "local") == 0  # fmt: skip
+               "--no-compile") == 0  # fmt: skip
     assert "cam-v2 is online" in capsys.readouterr().out
     assert (vboard.fs / "config.json").read_bytes() == before
 
@@ -175,7 +171,7 @@ def test_a_node_that_cannot_join_wifi_is_reported_with_its_console(vboard, broke
     bad_password = "Xq7-not-the-wifi-password"
     code = cli("deploy", "--port", vboard.port, "--node-id", "cam-v3", "--wifi-ssid",
                WIFI["ssid"], "--wifi-password", bad_password, "--broker", broker.url,
-               "--umqtt", "local", "--wait", "8")  # fmt: skip
+               "--wait", "8")  # fmt: skip
     assert code == 1
     out = capsys.readouterr().out
     assert "FAILED: cam-v3 did not come online" in out
@@ -184,68 +180,56 @@ def test_a_node_that_cannot_join_wifi_is_reported_with_its_console(vboard, broke
     assert bad_password not in out
 
 
-def test_auto_takes_the_local_umqtt_copy_without_touching_the_network(vboard, monkeypatch,
-                                                                      capsys):  # fmt: skip
+def test_an_older_deploys_umqtt_stays_on_the_board_and_nothing_is_downloaded(
+    vboard, broker, monkeypatch, capsys
+):
+    # As an earlier espcam deploy left it; the user's own code may still import it.
+    old = vboard.fs / "lib" / "umqtt" / "simple.py"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"# umqtt.simple from an earlier deploy\n")
     proxy = SilentProxy()
     use_proxy(monkeypatch, proxy.url)
     try:
-        assert cli(*node_args(vboard, "cam-u1", "127.0.0.1:1883"), "--no-wait") == 0
+        assert cli(*deploy_args(vboard.port, "cam-u1", broker.url)) == 0
     finally:
         proxy.close()
     out = capsys.readouterr().out
-    assert f"umqtt.simple: using the local copy {UMQTT_LOCAL}" in out and "mip" not in out
-    assert proxy.accepted == []
-    assert (vboard.fs / "lib" / "umqtt" / "simple.py").read_bytes() == UMQTT_LOCAL.read_bytes()
+    assert "cam-u1 is online" in out
+    assert old.read_bytes() == b"# umqtt.simple from an earlier deploy\n"
+    assert "lib/umqtt/ (umqtt.simple from an earlier deploy) is left on the board" in out
+    assert f"mpremote connect {vboard.port} fs rm -r :lib/umqtt" in out
+    assert proxy.accepted == []  # the app needs nothing from the internet
 
 
-def test_mip_on_a_network_that_swallows_packets_fails_and_the_old_app_runs_again(
-    vboard, broker, observer, monkeypatch, capsys
-):
-    args = node_args(vboard, "cam-u2", broker.url)
-    assert cli(*args, "--umqtt", "local") == 0
-    assert "cam-u2 is online" in capsys.readouterr().out
-    mark = observer.mark()
-    proxy = SilentProxy()
-    use_proxy(monkeypatch, proxy.url)
-    try:
-        code = cli(*args, "--umqtt", "mip")
-    finally:
-        proxy.close()
-    out, err = capsys.readouterr()
-    assert code == 1
-    assert proxy.accepted  # mip did go to the network, which never answered
-    assert f"the network did not answer within {MIP_NET_TIMEOUT:.0f} s" in out
-    assert "could not install umqtt.simple with mip" in err
-    assert "stopped answering" not in err  # not blamed on the board
-    assert "out of safe mode again" in err
-    assert not (vboard.fs / "safe_mode").exists()
-    # The app deployed before is back: the board was reset out of safe mode.
-    observer.topic("espcam/cam-u2/availability", payload=b"online", start=mark)
-
-
-def test_auto_without_a_local_copy_tries_mip_and_says_what_failed(tmp_path, vboard,
-                                                                  monkeypatch, capsys):  # fmt: skip
-    use_proxy(monkeypatch, closed_port_url())
-    code = cli(*node_args(vboard, "cam-u3", "127.0.0.1:1883"),
-               "--umqtt-path", str(tmp_path / "no-simple.py"), "--no-wait")  # fmt: skip
-    out, err = capsys.readouterr()
-    assert code == 1
-    assert "umqtt.simple: mip install failed" in out and "Connection refused" in out
-    assert f"no local copy at {tmp_path / 'no-simple.py'}" in err
-    assert not (vboard.fs / "safe_mode").exists()
-    assert not (vboard.fs / "main.py").exists()  # nothing of the app was copied
-
-
-def test_dry_run_prints_the_plan_without_secrets_or_a_board(tmp_path, capsys):
+def test_dry_run_prints_the_plan_without_secrets_or_a_board(tmp_path, capsys, monkeypatch):
     port = str(tmp_path / "no-such-port")
+    monkeypatch.setenv(CLI_PASSWORD_VAR, "cli-secret")
     assert cli("deploy", "--dry-run", "--port", port, "--node-id", "cam-x", "--wifi-ssid", "home",
                "--wifi-password", "wifi-secret", "--broker", "10.0.0.2:1884",
                "--mqtt-user", "cam-x", "--mqtt-password", "mqtt-secret") == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "lib/espcam/app.mpy" in out and "config.json" in out
     assert "espcam/cam-x/availability = online on 10.0.0.2:1884" in out
+    assert f"watching as '{CLI_USER}' ({CLI_PASSWORD_VAR} from the environment)" in out
     assert "wifi-secret" not in out and "mqtt-secret" not in out and "********" in out
+    assert "cli-secret" not in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_installed_without_a_checkout_deploy_takes_the_installed_app(tmp_path):
+    site = installed_copy(tmp_path / "site-packages")
+    cmd, env = installed_command(site, CLI_CODE, "deploy", "--dry-run", "--port", "/dev/ttyUSB0",
+                                 "--node-id", "cam-i", "--wifi-ssid", "home",
+                                 "--broker", "10.0.0.2")  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    app = site / "espcam" / "node"
+    assert f"main.py  <- {app / 'main.py'}" in proc.stdout
+    assert f"lib/espcam/app.mpy  <- {app / 'lib' / 'espcam' / 'app.py'}" in proc.stdout
+    # The app is all a board needs: nothing to fetch, with or without a checkout.
+    assert "mip" not in proc.stdout and "umqtt.simple" not in proc.stdout
+    assert "the rest of lib/ (such as lib/umqtt/ from an earlier deploy) is left alone" \
+        in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from espcam.sim.chip import BOARD_LIB, micropython_binary
 from espcam.sim.images import jpeg_of_size, make_jpeg, make_pool
-from espcam.sim.runner import BOARD_LIB, micropython_binary
 from PIL import Image
 
 
@@ -284,7 +284,9 @@ def test_esp32_and_ntptime(simdir: Path) -> None:
         esp32.gpio_deep_sleep_hold(True)
         print(type(esp32.raw_temperature()).__name__)
         ntptime.settime()
-        print(abs(ntptime.time() - time.time()) < 5)
+        before = int(time.time())
+        now = ntptime.time()
+        print(before <= now <= int(time.time()))  # the host's clock, already right
         """,
     )
     assert out.split("\n")[:3] == ["gpio5 is not an RTC pin", "int", "True"]

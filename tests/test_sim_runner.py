@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from espcam.sim.runner import SimNode
+from espcam.sim.node import SimNode
 
 # Every boot appends "reset_cause wake_reason rtc_memory" to boots.txt on the board.
 RECORD = """
@@ -180,13 +180,13 @@ def test_kill_and_stop_end_the_process(tmp_path, nodes) -> None:
     )
     nodes.append(node.start())
     node.wait_for(lambda: boots(node))
-    proc = node._proc
+    proc = node.process
     node.kill()
     assert proc is not None and proc.poll() is not None
     assert node.status == "stopped"
     node.start()
     node.wait_for(lambda: len(boots(node)) == 2)
-    proc = node._proc
+    proc = node.process
     node.stop()
     assert proc is not None and proc.poll() is not None
     assert node.status == "stopped"

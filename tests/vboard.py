@@ -18,13 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+from espcam.sim.chip import BOARD_LIB, micropython_binary
 from espcam.sim.images import make_pool
-from espcam.sim.runner import node_mac
+from espcam.sim.node import node_mac
 
-ROOT = Path(__file__).resolve().parent.parent
 BOOT = Path(__file__).resolve().parent / "vboard_boot.py"
-STAND_INS = ROOT / "sim" / "board"
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 CAUSES = {"reset": 2, "deepsleep": 4, "soft_reset": 5}  # machine.*_RESET values
 
 
@@ -83,12 +81,16 @@ class VirtualBoard:
         env = dict(
             os.environ,
             ESPCAM_SIM_DIR=str(self.dir),
-            MICROPYPATH=f"{STAND_INS}:{self.fs / 'lib'}",
+            # The filesystem is on the path from the first instruction, as on a board: mpremote
+            # may break into a board that is still starting, before vboard_boot.py has put ''
+            # first (a probe `import` then found nothing, about once per full run).
+            MICROPYPATH=f"{self.fs}:{BOARD_LIB}:{self.fs / 'lib'}",
         )
         # The board side of the pty is left in cooked mode (minus echo and CR insertion):
         # MicroPython switches it to raw for its REPL itself, and while code runs, a Ctrl-C
         # from mpremote must become SIGINT (KeyboardInterrupt), as it does on a board.
-        child = f"exec:{MICROPYTHON} -i {BOOT} {self.fs},pty,setsid,ctty,stderr,echo=0,onlcr=0"
+        mpy = micropython_binary()
+        child = f"exec:{mpy} -i {BOOT} {self.fs},pty,setsid,ctty,stderr,echo=0,onlcr=0"
         return subprocess.Popen(
             ["socat", f"pty,raw,echo=0,link={self.port}", child],
             cwd=self.fs,

@@ -6,9 +6,8 @@ import time
 
 T0 = time.ticks_us()
 
-from espcam import app, frames, hw  # noqa: E402
+from espcam import app, frames, hw, mqtt  # noqa: E402
 from espcam.link import Link  # noqa: E402
-from umqtt.simple import MQTTClient  # noqa: E402
 
 ACK = [0]
 FEED = [0]
@@ -33,20 +32,20 @@ def wrap(owner, name, label):
 
 
 def wrap_send():
-    # Sender.send: the PUBACK wait of the last chunk happens in Link.send_chunk, in umqtt's
-    # wait_msg, and the watchdog is fed after every chunk (in the simulator a file write);
-    # both are split out, as "ack_wait" and "wdt_feed".
+    # Sender.send: the PUBACK wait of the last chunk happens in the MQTT client's _wait, and
+    # the watchdog is fed after every chunk (in the simulator a file write); both are split
+    # out, as "ack_wait" and "wdt_feed".
     f = frames.Sender.send
-    g = MQTTClient.wait_msg
+    g = mqtt.MQTT._wait
 
-    def wait_msg(self):
+    def wait(self, want, pid, what):
         t = time.ticks_us()
         try:
-            return g(self)
+            return g(self, want, pid, what)
         finally:
             ACK[0] += time.ticks_diff(time.ticks_us(), t)
 
-    def send(self, link, frame, only=None, feed=None):
+    def send(self, mq, frame, only=None, feed=None):
         ACK[0] = 0
         FEED[0] = 0
         timed_feed = None
@@ -57,13 +56,13 @@ def wrap_send():
                 FEED[0] += time.ticks_diff(time.ticks_us(), t)
         t = time.ticks_us()
         try:
-            return f(self, link, frame, only, timed_feed)
+            return f(self, mq, frame, only, timed_feed)
         finally:
             _report("publish", t, ACK[0] + FEED[0])
             print("bench:", "ack_wait", 0, ACK[0])
             print("bench:", "wdt_feed", 0, FEED[0])
 
-    MQTTClient.wait_msg = wait_msg
+    mqtt.MQTT._wait = wait
     frames.Sender.send = send
 
 

@@ -1,6 +1,6 @@
 # Runs ON MicroPython (bench item 5): sends <frames> frames of the JPEG at <jpeg path> through
-# the node's real Sender and Link to the MQTT sink of bench/sink.py, which counts the TCP
-# segments they took. <how>: "node" as shipped, or one of two candidates measured here only:
+# the node's real Sender, Link and MQTT client to the MQTT sink of bench/sink.py, which counts
+# the TCP segments they took. <how>: "node" as shipped, or one of two candidates measured here only:
 #   "nagle"  Nagle's algorithm on for the QoS 0 chunks, TCP_NODELAY again for the last chunk
 #   "fill"   each chunk's head written together with the first segment's worth of its payload
 #   micropython bench/mpy/segments.py <mqtt port> <jpeg path> <chunk size> <frames> <how> <mss>
@@ -17,44 +17,48 @@ class NagleLink:
     # Candidate: with Nagle on, a head waits (while data is in flight) for its payload and
     # leaves in the same segment; TCP_NODELAY before the last chunk, whose PUBACK is awaited,
     # so that its tail is not held back. Two setsockopt calls per frame, no copy.
-    def __init__(self, link):
-        self.link = link
-        self.sock = link.client.sock.sock
+    def __init__(self, mq):
+        self.mq = mq
 
-    def next_pid(self):
-        return self.link.next_pid()
-
-    def send_chunk(self, head, hoff, hlen, data, doff, dlen, pid):
-        self.sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1 if pid else 0)
-        self.link.send_chunk(head, hoff, hlen, data, doff, dlen, pid)
+    def publish_from(self, buf, off, end, data, doff, dlen, qos):
+        self.mq.sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1 if qos else 0)
+        self.mq.publish_from(buf, off, end, data, doff, dlen, qos)
 
 
-class FillLink:
-    # Candidate: the head and the first (segment - head) bytes of the payload in one write,
-    # the rest straight from the frame buffer: no segment carries only a head. One copy of at
-    # most a segment per chunk (made here with slices, which allocate; a node would keep its
-    # head buffers a segment larger and copy without allocating).
-    def __init__(self, link, seg):
-        self.link = link
+class FillSock:
+    # Candidate: each chunk's head and the first (segment - head) bytes of its payload in one
+    # write, the rest straight from the frame buffer: no segment carries only a head. The MQTT
+    # client writes a chunk as two writes, head then payload; this socket holds the head back
+    # and sends it with the start of the payload. One copy of at most a segment per chunk
+    # (made here with slices, which allocate; a node would copy without allocating).
+    def __init__(self, sock, seg):
+        self.sock = sock
         self.seg = seg
         self.buf = bytearray(seg + 1024)
+        self.held = 0
 
-    def next_pid(self):
-        return self.link.next_pid()
+    def write(self, buf, off, n):
+        if not self.held:
+            self.buf[0:n] = memoryview(buf)[off:off + n]
+            self.held = n
+            return n
+        h = self.held
+        self.held = 0
+        k = max(0, min(n, self.seg - h))
+        self.buf[h:h + k] = memoryview(buf)[off:off + k]
+        self._all(self.buf, 0, h + k)
+        if n > k:
+            self._all(buf, off + k, n - k)
+        return n
 
-    def send_chunk(self, head, hoff, hlen, data, doff, dlen, pid):
-        k = max(0, min(dlen, self.seg - hlen))
-        b = self.buf
-        b[0:hlen] = head[hoff:hoff + hlen]
-        b[hlen:hlen + k] = data[doff:doff + k]
-        s = self.link.client.sock
-        self.link.mid = True
-        s.write_all(b, 0, hlen + k)
-        if dlen > k:
-            s.write_all(data, doff + k, dlen - k)
-        if pid:
-            self.link._puback(pid)
-        self.link.mid = False
+    def _all(self, buf, off, n):
+        while n:
+            k = self.sock.write(buf, off, n)
+            off += k
+            n -= k
+
+    def readinto(self, buf, n):
+        return self.sock.readinto(buf, n)
 
 
 def main():
@@ -66,11 +70,16 @@ def main():
            "prefix": "espcam", "socket_timeout": 10, "keepalive": 60}
     link = Link(cfg, lambda t, m: None)
     link.connect()
-    out = {"node": link, "nagle": NagleLink(link), "fill": FillLink(link, seg)}[how]
-    meta = frames.meta_json(1763980000.25, 123456, "interval", "VGA", 80, "timer", None)
+    mq = link.mq
+    raw = mq.sock
+    out = NagleLink(mq) if how == "nagle" else mq
+    if how == "fill":
+        mq.sock = FillSock(raw, seg)   # the poller still watches the raw socket
+    meta = frames.meta_json(1763980000.25, 123456, "interval", "VGA", 80, "timer", None)[0]
     sender = frames.Sender(cs, link.topic("frame"))
     for i in range(n):
         sender.send(out, frames.Frame(42 + i, buf, meta))
+    mq.sock = raw
     link.close(goodbye=True)
     print("done")
 

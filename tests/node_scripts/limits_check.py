@@ -2,10 +2,10 @@
 # largest frame is 65535 chunks. Prints "sent <chunks>" for the largest frame that fits and
 # "refused <reason>" for one byte more, then "done".
 from espcam import frames
-from mqttsink import PacketLink
+from mqttsink import MessageSink
 
 sender = frames.Sender(256, "espcam/t/frame")
-link = PacketLink(keep=False)
+link = MessageSink(keep=False)
 buf = bytearray(65535 * 256 + 1)
 mv = memoryview(buf)
 print("sent", sender.send(link, frames.Frame(1, mv[:65535 * 256], b"")))

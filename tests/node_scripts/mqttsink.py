@@ -1,49 +1,23 @@
-# Runs ON MicroPython: stands in for the node's MQTT link in protocol tests. It takes the
-# PUBLISH packets the node's Sender writes (head and payload, as Link.send_chunk gets them),
-# checks their MQTT framing and keeps the payloads, so the tests see exactly what a broker
-# would be handed.
+# Runs ON MicroPython: stands in for the node's MQTT client (espcam.mqtt.MQTT) in protocol
+# tests. It takes each PUBLISH the node's Sender hands the client (publish_from: a head buffer
+# made by mqtt.publish_buffer, then the payload from the frame's buffer), checks the topic and
+# the layout of the head, and keeps the message, so the tests see exactly the messages a broker
+# would be handed. The MQTT framing itself is the client's, tested against a real broker.
 
 
-class PacketLink:
+class MessageSink:
     def __init__(self, topic="espcam/t/frame", keep=True):
         self.topic_name = topic
         self.msgs = []        # (payload bytes, qos)
         self.keep = keep
-        self.pid = 0
 
-    def topic(self, leaf):
-        return "espcam/t/" + leaf
-
-    def next_pid(self):
-        self.pid = self.pid % 65535 + 1
-        return self.pid
-
-    def send_chunk(self, head, hoff, hlen, data, doff, dlen, pid):
+    def publish_from(self, buf, off, end, data, doff, dlen, qos):
         if not self.keep:
             return
-        b = bytes(head[hoff:hoff + hlen]) + bytes(memoryview(data)[doff:doff + dlen])
-        qos = (b[0] >> 1) & 3
-        if b[0] & 0xF0 != 0x30 or b[0] & 1 or qos != (1 if pid else 0):
-            raise ValueError("bad PUBLISH fixed header %02x" % b[0])
-        n = 0
-        shift = 0
-        i = 1
-        while True:
-            d = b[i]
-            n |= (d & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not d & 0x80:
-                break
-        if n != len(b) - i:
-            raise ValueError("remaining length %d, packet has %d" % (n, len(b) - i))
-        tl = b[i] << 8 | b[i + 1]
-        topic = b[i + 2:i + 2 + tl].decode()
+        tl = buf[4] << 8 | buf[5]
+        topic = bytes(buf[6:6 + tl]).decode()
         if topic != self.topic_name:
             raise ValueError("topic %r" % topic)
-        i += 2 + tl
-        if qos:
-            if (b[i] << 8 | b[i + 1]) != pid:
-                raise ValueError("packet id")
-            i += 2
-        self.msgs.append((b[i:], qos))
+        if off != 6 + tl + (2 if qos else 0) or qos not in (0, 1):
+            raise ValueError("head laid out for the wrong QoS")
+        self.msgs.append((bytes(buf[off:end]) + bytes(memoryview(data)[doff:doff + dlen]), qos))

@@ -4,8 +4,8 @@ import binascii
 import random
 import sys
 
-from espcam import frames, protocol
-from mqttsink import PacketLink
+from espcam import frames, protocol, receiver
+from mqttsink import MessageSink
 
 
 def shuffle(lst):
@@ -21,7 +21,7 @@ for n in sizes:
     for i in range(0, n, 97):
         frame[i] = (i * 7 + n) & 0xFF
     cs = 4096 if n > 300 else 256
-    link = PacketLink()
+    link = MessageSink()
     frames.Sender(cs, "espcam/t/frame").send(link, frames.Frame(n, frame, b'{"trigger":"boot"}'))
     msgs = [m for m, q in link.msgs]
     msgs.append(msgs[0])           # a duplicate, as after a resend
@@ -29,7 +29,7 @@ for n in sizes:
     out = None
     seen = set()
     for m in msgs:
-        flags, fid, total, crc, csize, index, count, mlen = protocol.unpack_header(m)
+        flags, fid, total, crc, csize, index, count, mlen, meta = receiver.unpack_header(m)
         if out is None:
             out = bytearray(total)
         if index in seen:

@@ -1,54 +1,107 @@
-# Runs ON MicroPython: the node's own protocol and chunking code against the shared vectors.
-# Prints one line per case, "ok <name>" or "FAIL <name>: <why>", then "done".
+# Runs ON MicroPython: the node's own protocol, command and ack code against the shared vectors
+# (argv: the vectors folder). Prints one line per case, "ok <file> <name>" or
+# "FAIL <file> <name>: <why>", then "done".
 import binascii
 import json
 import sys
 
-from espcam import frames, protocol
-from mqttsink import PacketLink
+from espcam import commands, frames, protocol, receiver
+from mqttsink import MessageSink
+
+folder = sys.argv[1]
 
 
-path = sys.argv[1]
-with open(path) as f:
-    doc = json.loads(f.read())
+def load(name):
+    with open(folder + "/" + name) as f:
+        return json.loads(f.read())
 
+
+def report(kind, name, why):
+    print(("FAIL %s %s: %s" % (kind, name, why)) if why else ("ok %s %s" % (kind, name)))
+
+
+doc = load("chunks.json")
 for case in doc["valid"]:
     name = case["name"]
     frame = binascii.unhexlify(case["frame_hex"])
     mb = case["meta_json"].encode() if case["meta_json"] else b""
     fr = frames.Frame(case["frame_id"], frame, mb)
     s = frames.Sender(case["chunk_size"], "espcam/t/frame")
-    link = PacketLink()
+    link = MessageSink()
     only = None
     if case["flags"] & protocol.FLAG_RESEND:
         only = list(range(len(case["chunks_hex"])))
     s.send(link, fr, only)
     want = [binascii.unhexlify(h) for h in case["chunks_hex"]]
     got = [m for m, q in link.msgs]
+    why = None
     if fr.crc != case["crc32"]:
-        print("FAIL", name + ": crc", fr.crc)
+        why = "crc %d" % fr.crc
     elif got != want:
+        why = "%d chunks, expected %d" % (len(got), len(want))
         for i in range(min(len(got), len(want))):
             if got[i] != want[i]:
-                print("FAIL", name + ": chunk", i, "differs")
+                why = "chunk %d differs" % i
                 break
-        else:
-            print("FAIL", name + ": %d chunks, expected %d" % (len(got), len(want)))
     elif [q for m, q in link.msgs][-1] != 1 or sum(q for m, q in link.msgs) != 1:
-        print("FAIL", name + ": only the last chunk must be QoS 1")
+        why = "only the last chunk must be QoS 1"
     else:
-        bad = None
         for c in want:
             try:
-                protocol.unpack_header(c)
+                meta = receiver.unpack_header(c)[8]
+                if meta is not None and meta != case["meta"]:
+                    why = "metadata read back as %r" % (meta,)
             except ValueError as e:
-                bad = str(e)
-        print("FAIL " + name + ": decode " + bad if bad else "ok " + name)
+                why = "decode " + str(e)
+    report("chunks", name, why)
 
 for case in doc["invalid"]:
     try:
-        protocol.unpack_header(binascii.unhexlify(case["chunk_hex"]))
-        print("FAIL", case["name"] + ": accepted")
+        receiver.unpack_header(binascii.unhexlify(case["chunk_hex"]))
+        why = "accepted"
     except ValueError as e:
-        print("ok", case["name"], "->", e)
+        r = receiver.rule(e)
+        why = None if r == case["rule"] else "refused for %s (%s), not %s" % (r, e, case["rule"])
+    report("chunks", case["name"], why)
+
+doc = load("commands.json")
+for case in doc["valid"]:
+    try:
+        got = commands.parse(case["payload"].encode())
+        want = (case["id"], case["cmd"], case["args"])
+        why = None if got == want else "parsed as %r" % (got,)
+    except commands.Refused as r:
+        why = "refused: %s (%s)" % (r.rule, r.msg)
+    report("commands", case["name"], why)
+
+for case in doc["invalid"]:
+    try:
+        commands.parse(case["payload"].encode())
+        why = "accepted"
+    except commands.Refused as r:
+        ack = commands.ack(r.cid, r.cmd, error=r.msg, code=r.rule)
+        why = None
+        if r.rule != case["rule"]:
+            why = "refused for %s (%s), not %s" % (r.rule, r.msg, case["rule"])
+        elif not isinstance(ack.get("error"), str) or not ack["error"] or "result" in ack:
+            why = "ack without an error text: %r" % (ack,)
+        elif json.loads(json.dumps(ack)) != ack:
+            why = "ack does not survive JSON: %r" % (ack,)
+        else:
+            for k in case["ack"]:
+                if ack.get(k, "absent") != case["ack"][k]:
+                    why = "ack %s is %r, not %r" % (k, ack.get(k, "absent"), case["ack"][k])
+    report("commands", case["name"], why)
+
+# The node writes acks and never reads them: the ack document it builds from each valid
+# vector's fields must be that vector (the invalid ones are a receiver's refusals).
+doc = load("acks.json")
+for case in doc["valid"]:
+    want = json.loads(case["payload"])
+    if not isinstance(want["id"], str) and want["id"] is not None:
+        continue   # a node echoes ids that are strings, else null: no ack of its looks like this
+    ack = commands.ack(want["id"], want["cmd"], want.get("result"), want.get("error"),
+                       want.get("code"))
+    why = None if json.loads(json.dumps(ack)) == want else "built %r" % (ack,)
+    report("acks", case["name"], why)
 print("done")

@@ -7,7 +7,8 @@ import json
 import time
 
 from espcam import VERSION, commands, config, frames, hw
-from espcam.link import TOO_BIG, Link
+from espcam.link import Link
+from espcam.mqtt import TOO_BIG
 
 STATE_EVERY_MS = 300000
 BACKOFF_MAX_MS = 60000
@@ -49,6 +50,11 @@ class Node:
         self.duty_sleep_at = None
         self.backoff = 1000
         self.sleep_until = None
+        # What runs each command: commands.COMMANDS names them all, this maps each to its
+        # cmd_<name> method, once (a command without a method stops the app here, at start-up).
+        self.handlers = {}
+        for name in commands.COMMANDS:
+            self.handlers[name] = getattr(self, "cmd_" + name)
 
     # -------------------------------------------------------------- RTC memory
 
@@ -75,7 +81,8 @@ class Node:
     # -------------------------------------------------------------- messages in
 
     def _on_message(self, topic, msg):
-        # Called from inside umqtt, possibly in the middle of our own publish: only queue here.
+        # Called by the MQTT client while it reads, possibly in the middle of our own publish:
+        # only queue here.
         if len(self.pending) < PENDING_MAX:
             self.pending.append(msg)
         elif len(self.dropped) < DROPPED_MAX:
@@ -83,58 +90,61 @@ class Node:
         else:
             self.dropped_more += 1
 
-    def _ack(self, cid, cmd, ok, result=None, error=None):
-        d = {"id": cid, "cmd": cmd, "ok": ok}
-        if ok:
-            d["result"] = result if result is not None else {}
-        else:
-            d["error"] = error
-        self.link.publish("ack", json.dumps(d), qos=1)
+    def _ack(self, cid, cmd, result=None, error=None, code=None):
+        self.link.publish("ack", json.dumps(commands.ack(cid, cmd, result, error, code)), qos=1)
 
     def _handle(self, payload):
         try:
             if payload is TOO_BIG:
-                raise commands.Refused("command longer than 1024 bytes")
-            cid, cmd, arg = commands.parse(payload)
+                raise commands.Refused("too_long",
+                                       "command longer than %d bytes" % commands.MAX_BYTES)
+            cid, cmd, args = commands.parse(payload)
         except commands.Refused as r:
             log("refused command:", r.msg)
-            self._ack(r.cid, r.cmd, False, error=r.msg)
+            self._ack(r.cid, r.cmd, error=r.msg, code=r.rule)
             return
         try:
-            getattr(self, "cmd_" + cmd)(cid, arg)
+            self.handlers[cmd](cid, args)
         except commands.Refused as r:
-            self._ack(cid, cmd, False, error=r.msg)
+            self._ack(cid, cmd, error=r.msg, code=r.rule)
         except Exception as e:
             # A command that broke (a full flash, the heap, the connection) still gets its ack,
-            # unless umqtt was in the middle of a packet: then the loop closes the connection.
+            # unless the MQTT client was in the middle of a packet: then the loop closes the
+            # connection.
             log("command", cmd, "failed:", repr(e))
-            if self.link.mid:
+            if self.link.mq.mid:
                 raise
             if isinstance(e, MemoryError):
                 self.frame = None
                 gc.collect()
-            self._ack(cid, cmd, False, error="%s failed: %r" % (cmd, e))
+            self._ack(cid, cmd, error="%s failed: %r" % (cmd, e))
 
-    def cmd_capture(self, cid, arg):
+    # One method per command of commands.COMMANDS, given the id and the checked arguments.
+
+    def cmd_capture(self, cid, args):
         fid = self.capture("command", cid)
         if fid is None:
-            raise commands.Refused(self.why)
-        self._ack(cid, "capture", True, {"frame": fid})
+            raise commands.Refused(None, self.why)
+        self._ack(cid, "capture", {"frame": fid})
 
-    def cmd_flash(self, cid, arg):
-        state, ms = arg
+    def cmd_flash(self, cid, args):
+        state = args["state"]
         hw.flash(state != "off")
-        self.pulse_off_at = time.ticks_add(time.ticks_ms(), ms) if state == "pulse" else None
+        self.pulse_off_at = None
+        if state == "pulse":
+            self.pulse_off_at = time.ticks_add(time.ticks_ms(), args["ms"])
         self.publish_state()
-        self._ack(cid, "flash", True, {"flash": "off" if state == "off" else "on"})
+        self._ack(cid, "flash", {"flash": "off" if state == "off" else "on"})
 
-    def cmd_sleep(self, cid, seconds):
-        self._ack(cid, "sleep", True, {"sleep": seconds})
+    def cmd_sleep(self, cid, args):
+        seconds = args["seconds"]
+        self._ack(cid, "sleep", {"sleep": seconds})
         self.sleep(seconds)
 
-    def cmd_config(self, cid, changes):
+    def cmd_config(self, cid, args):
         # All or none: every value was checked by parse(); the new settings are saved first and
         # applied only once they are on flash, so a failed save changes nothing.
+        changes = args["set"]
         cfg = self.cfg
         new = dict(cfg)
         for k in changes:
@@ -142,7 +152,7 @@ class Node:
         try:
             config.save(new)
         except OSError as e:
-            raise commands.Refused("could not save settings: %r" % (e,))
+            raise commands.Refused(None, "could not save settings: %r" % (e,))
         old_fs, old_q = cfg["frame_size"], cfg["quality"]
         for k in changes:
             cfg[k] = changes[k]
@@ -153,31 +163,32 @@ class Node:
         if "interval" in changes:
             self._schedule_interval()
         self.publish_state()
-        self._ack(cid, "config", True, {"settings": config.settings(cfg)})
+        self._ack(cid, "config", {"settings": config.settings(cfg)})
 
-    def cmd_reboot(self, cid, arg):
-        self._ack(cid, "reboot", True)
+    def cmd_reboot(self, cid, args):
+        self._ack(cid, "reboot")
         self.link.publish("availability", b"offline", retain=True, qos=1)
         self.link.close(goodbye=True)
         self._rtc_write()
         hw.reset()
 
-    def cmd_status(self, cid, arg):
+    def cmd_status(self, cid, args):
         self.publish_state()
-        self._ack(cid, "status", True)
+        self._ack(cid, "status")
 
-    def cmd_resend(self, cid, arg):
-        fid, chunks = arg
+    def cmd_resend(self, cid, args):
+        fid = args["frame"]
+        chunks = args.get("chunks")
         f = self.frame
         if f is None or f.id != fid:
-            raise commands.Refused("frame %d is no longer held" % fid)
+            raise commands.Refused(None, "frame %d is no longer held" % fid)
         count = (len(f.mv) + self.sender.chunk_size - 1) // self.sender.chunk_size
         if chunks is not None:
             for i in chunks:
                 if i >= count:
-                    raise commands.Refused("frame %d has %d chunks" % (fid, count))
-        n = self.sender.send(self.link, f, chunks, hw.feed)
-        self._ack(cid, "resend", True, {"frame": fid, "chunks": n})
+                    raise commands.Refused(None, "frame %d has %d chunks" % (fid, count))
+        n = self.sender.send(self.link.mq, f, chunks, hw.feed)
+        self._ack(cid, "resend", {"frame": fid, "chunks": n})
 
     # -------------------------------------------------------------- frames out
 
@@ -202,19 +213,27 @@ class Node:
                 len(buf), self.sender.chunk_size)
             log("capture dropped:", self.why)
             return None
+        try:
+            meta, dropped = frames.meta_json(
+                hw.unix_time(), time.ticks_diff(time.ticks_ms(), self.boot_ms), trigger,
+                cfg["frame_size"], cfg["quality"], self.wake, cid)
+        except ValueError as e:
+            self.why = str(e)
+            log("capture dropped:", self.why)
+            return None
+        if dropped:
+            log("metadata too long: command id", cid, "left out of the frame")
         if trigger == "motion":
             self.motion_at = time.time()
         fid = self.ids.next()
         self._rtc_write()
-        meta = frames.meta_json(hw.unix_time(), time.ticks_diff(time.ticks_ms(), self.boot_ms),
-                                trigger, cfg["frame_size"], cfg["quality"], self.wake, cid)
         self.frame = frames.Frame(fid, buf, meta)
         self.send_frame()
         return fid
 
     def send_frame(self):
         f = self.frame
-        self.sender.send(self.link, f, None, hw.feed)
+        self.sender.send(self.link.mq, f, None, hw.feed)
         f.delivered = True
         log("frame", f.id, len(f.mv), "bytes")
 
@@ -369,10 +388,10 @@ class Node:
             self._handle(self.pending.pop(0))
         while self.dropped:
             cid, cmd = self.dropped.pop(0)
-            self._ack(cid, cmd, False, error="node busy: command dropped, send it again")
+            self._ack(cid, cmd, error="node busy: command dropped, send it again")
         if self.dropped_more:
             n, self.dropped_more = self.dropped_more, 0
-            self._ack(None, None, False, error="%d more commands dropped: node busy" % n)
+            self._ack(None, None, error="%d more commands dropped: node busy" % n)
         now = time.ticks_ms()
         if self.pulse_off_at is not None and time.ticks_diff(now, self.pulse_off_at) >= 0:
             hw.flash(False)
@@ -429,7 +448,7 @@ class Node:
             if not self.link.up:
                 try:
                     self.connect()
-                except Exception as e:   # OSError, MQTTException, umqtt's asserts
+                except Exception as e:   # OSError, MQTTError (a refusal) among them
                     log("connect failed:", repr(e))
                     self.link.close()
                     if cfg["sleep_interval"] and \
@@ -453,8 +472,8 @@ class Node:
                 self.frame = None
                 gc.collect()
                 log("out of memory; dropped the held frame")
-                if self.link.mid:
-                    self.link.close()   # umqtt was in the middle of a packet
+                if self.link.mq.mid:
+                    self.link.close()   # the MQTT client was in the middle of a packet
             except Exception as e:
                 log("link lost:", repr(e))
                 self.link.close()

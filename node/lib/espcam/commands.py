@@ -1,109 +1,90 @@
-# Reading commands (docs/protocol.md, "Commands"). parse() turns a payload into a checked
-# (id, cmd, args) or raises Refused carrying whatever id and cmd could be read, so every
-# message on the command topic gets exactly one ack, with a reason a person can act on.
+# Commands (docs/protocol.md, "Commands"): the one table of them, reading them, and the ack
+# document. parse() turns a payload into a checked (id, cmd, args) or raises Refused carrying
+# whatever id and cmd could be read and the rule broken, so every message on the command topic
+# gets exactly one ack, with a reason a person can act on and a code a program can.
 import json
 
-from espcam import config
+from espcam import config, protocol
 
-# 14 days: the broker forgets a session (and the commands queued for it) after
+MAX_BYTES = 1024
+ID_MIN = 1
+ID_MAX = 64
+
+# Every command and its arguments, in protocol.json's terms (tests/test_node_protocol.py checks
+# the two agree). The names here are the only list of commands: app.Node runs each one with its
+# cmd_<name> method. Arguments are checked in the order given: `only_if` names an earlier one.
+# 14 days of sleep at most: the broker forgets a session (and the commands queued for it) after
 # persistent_client_expiration 14d, and machine.deepsleep() takes at most 2**31 - 1 ms (24.8 d).
-MAX_SLEEP = 1209600
-MAX_PULSE = 5000
+COMMANDS = {
+    "capture": (),
+    "flash": (
+        ("state", {"type": "choice", "choices": ("on", "off", "pulse"), "required": True}),
+        ("ms", {"type": "int", "range": (1, 5000), "default": 200, "only_if": ("state", "pulse")}),
+    ),
+    "sleep": (("seconds", {"type": "int", "range": (1, 1209600), "required": True}),),
+    "config": (("set", {"type": "settings", "required": True}),),
+    "reboot": (),
+    "status": (),
+    "resend": (
+        ("frame", {"type": "int", "range": (0, protocol.MAX_FRAME_ID), "required": True}),
+        ("chunks", {"type": "int_list", "range": (0, protocol.MAX_COUNT - 1),
+                    "max_items": protocol.MAX_COUNT}),
+    ),
+}
 
 
 class Refused(Exception):
-    def __init__(self, msg, cid=None, cmd=None):
+    # rule: the protocol's name for why (protocol.json's refusals.command), or None when the
+    # command was well formed but cannot be carried out now (a frame no longer held).
+    def __init__(self, rule, msg, cid=None, cmd=None):
         super().__init__(msg)
+        self.rule = rule
         self.msg = msg
         self.cid = cid
         self.cmd = cmd
 
 
-def _int(d, key, low, high, default=None):
-    v = d.get(key, default)
-    if type(v) is not int:
-        raise ValueError("%s must be an integer" % key)
-    if not low <= v <= high:
-        raise ValueError("%s must be between %d and %d" % (key, low, high))
-    return v
-
-
-def _capture(d):
-    return None
-
-
-def _flash(d):
-    state = d.get("state")
-    if state not in ("on", "off", "pulse"):
-        raise ValueError("state must be one of on, off, pulse")
-    ms = _int(d, "ms", 1, MAX_PULSE, 200) if state == "pulse" else 0
-    return (state, ms)
-
-
-def _sleep(d):
-    return _int(d, "seconds", 1, MAX_SLEEP)
-
-
-def _config(d):
-    s = d.get("set")
-    if not isinstance(s, dict) or not s:
-        raise ValueError('config needs "set": an object of settings')
-    out = {}
-    for k in s:
-        out[k] = config.check_setting(k, s[k])
-    return out
-
-
-def _none(d):
-    return None
-
-
-def _resend(d):
-    fid = _int(d, "frame", 0, 0xFFFFFFFF)
-    chunks = d.get("chunks")
-    if chunks is not None:
-        if not isinstance(chunks, list) or not chunks or len(chunks) > 65535:
-            raise ValueError("chunks must be a non-empty list of chunk indices")
-        for i in chunks:
-            if type(i) is not int or not 0 <= i < 65535:
-                raise ValueError("chunks must hold integers 0..65534")
-    return (fid, chunks)
-
-
-HANDLERS = {
-    "capture": _capture,
-    "flash": _flash,
-    "sleep": _sleep,
-    "config": _config,
-    "reboot": _none,
-    "status": _none,
-    "resend": _resend,
-}
-
-
 def parse(payload):
-    if len(payload) > 1024:
-        raise Refused("command longer than 1024 bytes")
+    if len(payload) > MAX_BYTES:
+        raise Refused("too_long", "command longer than %d bytes" % MAX_BYTES)
     try:
         d = json.loads(payload)
     except (ValueError, UnicodeError):
-        raise Refused("command is not valid JSON")
+        raise Refused("not_json", "command is not valid JSON")
     if not isinstance(d, dict):
-        raise Refused("command must be a JSON object")
+        raise Refused("not_object", "command must be a JSON object")
     cid = d.get("id")
-    if not isinstance(cid, str) or not 1 <= len(cid) <= 64:
-        raise Refused("id must be a string of 1 to 64 characters", None, _str_or_none(d.get("cmd")))
     cmd = d.get("cmd")
     if not isinstance(cmd, str):
-        raise Refused("cmd must be a string", cid)
-    h = HANDLERS.get(cmd)
-    if h is None:
-        raise Refused("unknown command %r (known: %s)" % (cmd[:32], ", ".join(sorted(HANDLERS))),
-                      cid, cmd[:32])
-    try:
-        return cid, cmd, h(d)
-    except ValueError as e:
-        raise Refused(str(e), cid, cmd)
+        cmd = None
+    else:
+        cmd = cmd[:32]   # echoed in the ack; an unknown name of any length is not kept whole
+    if not isinstance(cid, str) or not ID_MIN <= len(cid) <= ID_MAX:
+        raise Refused("bad_id", "id must be a string of %d to %d characters" % (ID_MIN, ID_MAX),
+                      None, cmd)
+    if cmd is None:
+        raise Refused("bad_cmd", "cmd must be a string", cid)
+    spec = COMMANDS.get(d["cmd"])
+    if spec is None:
+        raise Refused("unknown_cmd", "unknown command \"%s\" (known: %s)"
+                      % (cmd, ", ".join(sorted(COMMANDS))), cid, cmd)
+    args = {}
+    for name, a in spec:
+        only_if = a.get("only_if")
+        if name not in d:
+            if a.get("required"):
+                raise Refused("missing", "%s needs %s" % (cmd, name), cid, cmd)
+            if "default" in a and (only_if is None or args.get(only_if[0]) == only_if[1]):
+                args[name] = a["default"]
+            continue
+        if only_if is not None and args.get(only_if[0]) != only_if[1]:
+            raise Refused("not_allowed", "%s only goes with %s %s"
+                          % (name, only_if[0], only_if[1]), cid, cmd)
+        try:
+            args[name] = config.check_value(name, a, d[name])
+        except config.Invalid as e:
+            raise Refused(e.rule, e.msg, cid, cmd)
+    return cid, cmd, args
 
 
 def names(payload):
@@ -115,5 +96,14 @@ def names(payload):
         return r.cid, r.cmd
 
 
-def _str_or_none(v):
-    return v[:32] if isinstance(v, str) else None
+def ack(cid, cmd, result=None, error=None, code=None):
+    # The ack document (docs/protocol.md, "Acks"): ok unless there is an error; code, with an
+    # error, names the protocol rule a refused command broke.
+    d = {"id": cid, "cmd": cmd, "ok": error is None}
+    if error is None:
+        d["result"] = {} if result is None else result
+    else:
+        d["error"] = error
+        if code is not None:
+            d["code"] = code
+    return d

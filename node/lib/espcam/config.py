@@ -9,28 +9,22 @@ PATH = "config.json"
 FRAME_SIZES = ("QQVGA", "QCIF", "HQVGA", "QVGA", "CIF", "HVGA", "VGA", "SVGA", "XGA", "HD",
                "SXGA", "UXGA")
 
-# name: (kind, low, high) for numbers, (kind, choices) for "choice"; the protocol's settings table.
+# The settings a `config` command may change, as protocol.json says them (type, range or
+# choices, default); tests/test_node_protocol.py checks the two agree.
 SETTINGS = {
-    "interval": ("int", 0, 86400),
-    "frame_size": ("choice", FRAME_SIZES),
-    "quality": ("int", 1, 100),
-    "flash_on_capture": ("bool",),
-    "sleep_interval": ("int", 0, 86400),
-    "awake": ("int", 0, 600),
-    "motion_cooldown": ("int", 0, 3600),
+    "interval": {"type": "int", "range": (0, 86400), "default": 0},
+    "frame_size": {"type": "choice", "choices": FRAME_SIZES, "default": "VGA"},
+    "quality": {"type": "int", "range": (1, 100), "default": 80},
+    "flash_on_capture": {"type": "bool", "default": False},
+    "sleep_interval": {"type": "int", "range": (0, 86400), "default": 0},
+    "awake": {"type": "int", "range": (0, 600), "default": 5},
+    "motion_cooldown": {"type": "int", "range": (0, 3600), "default": 10},
 }
 
+# Set at deploy time only, not by command:
 DEFAULTS = {
-    "interval": 0,
-    "frame_size": "VGA",
-    "quality": 80,
-    "flash_on_capture": False,
-    "sleep_interval": 0,
-    "awake": 5,
-    "motion_cooldown": 10,
-    # Set at deploy time only, not by command:
     "node_id": None,          # default: "cam-" + last 3 bytes of the MAC
-    "prefix": "espcam",
+    "prefix": protocol.DEFAULT_PREFIX,
     "pir_pin": None,          # GPIO of a PIR sensor's output, e.g. 13
     "chunk_size": 4096,
     "keepalive": 60,
@@ -44,23 +38,64 @@ class ConfigError(Exception):
     pass
 
 
+class Invalid(ValueError):
+    # A value the protocol refuses: rule names the refusal (protocol.json's refusals.command),
+    # msg says why to a person.
+    def __init__(self, rule, msg):
+        super().__init__(msg)
+        self.rule = rule
+        self.msg = msg
+
+
+def check_value(name, spec, value):
+    # Returns value if it is what spec (a setting's or a command argument's, in protocol.json's
+    # terms) allows, else raises Invalid. The backend checks in the same order, so both sides
+    # name the same rule for the same value.
+    kind = spec["type"]
+    if kind == "int":
+        if type(value) is not int:
+            raise Invalid("bad_type", "%s must be an integer" % name)
+        low, high = spec["range"]
+        if not low <= value <= high:
+            raise Invalid("out_of_range", "%s must be between %d and %d" % (name, low, high))
+    elif kind == "bool":
+        if value is not True and value is not False:
+            raise Invalid("bad_type", "%s must be true or false" % name)
+    elif kind == "choice":
+        if not isinstance(value, str):
+            raise Invalid("bad_type", "%s must be a string" % name)
+        if value not in spec["choices"]:
+            raise Invalid("out_of_range",
+                          "%s must be one of %s" % (name, ", ".join(spec["choices"])))
+    elif kind == "int_list":
+        if not isinstance(value, list):
+            raise Invalid("bad_type", "%s must be a list of integers" % name)
+        if not 1 <= len(value) <= spec["max_items"]:
+            raise Invalid("out_of_range", "%s must hold 1 to %d items" % (name, spec["max_items"]))
+        low, high = spec["range"]
+        for v in value:
+            if type(v) is not int:
+                raise Invalid("bad_type", "%s must hold integers" % name)
+            if not low <= v <= high:
+                raise Invalid("out_of_range", "%s must hold integers %d to %d" % (name, low, high))
+    elif kind == "settings":
+        if not isinstance(value, dict):
+            raise Invalid("bad_type", "%s must be an object of settings" % name)
+        if not value:
+            raise Invalid("missing", "%s needs at least one setting" % name)
+        for k in value:
+            check_setting(k, value[k])
+    else:
+        raise ValueError("no such type: %s" % kind)
+    return value
+
+
 def check_setting(name, value):
-    # Returns the value if it is acceptable for `name`, else raises ValueError saying why.
     spec = SETTINGS.get(name)
     if spec is None:
-        raise ValueError("unknown setting %r" % (name,))
-    kind = spec[0]
-    if kind == "bool":
-        if value is not True and value is not False:
-            raise ValueError("%s must be true or false" % name)
-    elif kind == "int":
-        if type(value) is not int:
-            raise ValueError("%s must be an integer" % name)
-        if not spec[1] <= value <= spec[2]:
-            raise ValueError("%s must be between %d and %d" % (name, spec[1], spec[2]))
-    elif value not in spec[1]:
-        raise ValueError("%s must be one of %s" % (name, ", ".join(spec[1])))
-    return value
+        raise Invalid("unknown_setting", "unknown setting \"%s\" (known: %s)"
+                      % (name[:32], ", ".join(SETTINGS)))
+    return check_value(name, spec, value)
 
 
 def _need(cond, msg):
@@ -71,6 +106,9 @@ def _need(cond, msg):
 def check(cfg, default_node_id):
     # Fills defaults and validates a whole config dict; raises ConfigError with a sentence.
     _need(isinstance(cfg, dict), "config.json must hold a JSON object")
+    for k in SETTINGS:
+        if k not in cfg:
+            cfg[k] = SETTINGS[k]["default"]
     for k in DEFAULTS:
         if k not in cfg:
             cfg[k] = DEFAULTS[k]
@@ -98,8 +136,8 @@ def check(cfg, default_node_id):
     for name in SETTINGS:
         try:
             check_setting(name, cfg[name])
-        except ValueError as e:
-            raise ConfigError(str(e))
+        except Invalid as e:
+            raise ConfigError(e.msg)
     cs = cfg["chunk_size"]
     _need(type(cs) is int and protocol.MIN_CHUNK <= cs <= protocol.MAX_CHUNK,
           "chunk_size must be between %d and %d" % (protocol.MIN_CHUNK, protocol.MAX_CHUNK))
@@ -107,6 +145,9 @@ def check(cfg, default_node_id):
     _need(pir is None or (type(pir) is int and 0 <= pir <= 39), "pir_pin must be a GPIO number")
     for k in ("keepalive", "socket_timeout", "wifi_timeout", "watchdog"):
         _need(type(cfg[k]) is int and cfg[k] >= 0, "%s must be a whole number of seconds" % k)
+    # A socket timeout of 0 would make every read non-blocking; MQTT's keepalive has 16 bits.
+    _need(cfg["socket_timeout"] >= 1, "socket_timeout must be at least 1 second")
+    _need(cfg["keepalive"] <= 65535, "keepalive must be at most 65535 seconds")
     return cfg
 
 

@@ -4,7 +4,7 @@
 import binascii
 import json
 
-from espcam import protocol
+from espcam import mqtt, protocol
 
 IDS_PATH = "espcam_ids.json"
 ID_BLOCK = 256
@@ -65,32 +65,22 @@ class Frame:
 class Sender:
     # Each chunk is one MQTT PUBLISH in two socket writes: its head (fixed header, topic, packet
     # id, chunk header, and the metadata on chunk 0) from one of two buffers made at start-up,
-    # then the payload straight out of the frame's buffer with write(buf, offset, length). No
-    # chunk is copied and no chunk allocates, so the heap a frame costs is independent of its
-    # size. Two buffers, because a QoS 1 PUBLISH has a packet id between topic and payload and
-    # so its chunk header sits 2 bytes further on.
+    # then the payload straight out of the frame's buffer (mqtt.MQTT.publish_from). No chunk is
+    # copied and no chunk allocates, so the heap a frame costs is independent of its size. Two
+    # buffers, because a QoS 1 PUBLISH has a packet id between topic and payload and so its
+    # chunk header sits 2 bytes further on.
     def __init__(self, chunk_size, topic):
         self.chunk_size = chunk_size
-        t = topic.encode()
-        self.heads = (self._head(t, 0), self._head(t, 2))
-        self.hdr = (4 + 2 + len(t), 4 + 2 + len(t) + 2)   # where the chunk header starts
-
-    @staticmethod
-    def _head(t, pid_len):
-        # 4 bytes of room for the fixed header (1 type byte, up to 3 length bytes), then the
-        # variable header, written once: topic length and topic.
-        buf = bytearray(4 + 2 + len(t) + pid_len + protocol.HEADER_LEN + META_MAX)
-        buf[4] = len(t) >> 8
-        buf[5] = len(t) & 0xFF
-        buf[6:6 + len(t)] = t
-        return buf
+        room = protocol.HEADER_LEN + META_MAX
+        self.heads = (mqtt.publish_buffer(topic, 0, room), mqtt.publish_buffer(topic, 1, room))
 
     def fits(self, total):
         return protocol.frame_fits(total, self.chunk_size)
 
-    def send(self, link, frame, only=None, feed=None):
-        # Publishes all chunks (only=None) or the listed indices; the last one at QoS 1, whose
-        # PUBACK proves the broker holds every chunk before it. Returns the number sent.
+    def send(self, mq, frame, only=None, feed=None):
+        # Publishes all chunks (only=None) or the listed indices through the MQTT client mq; the
+        # last one at QoS 1, whose PUBACK proves the broker holds every chunk before it. Returns
+        # the number sent.
         total = len(frame.mv)
         cs = self.chunk_size
         if not protocol.frame_fits(total, cs):
@@ -107,8 +97,7 @@ class Sender:
         n = 0
         for i in indices:
             q = 1 if n == last else 0
-            head = self.heads[q]
-            off = self.hdr[q]
+            head, off = self.heads[q]
             f = flags
             mlen = 0
             if i == 0 and frame.meta:
@@ -118,21 +107,7 @@ class Sender:
             start = i * cs
             size = cs if start + cs <= total else total - start
             protocol.pack_header(head, off, f, frame.id, total, frame.crc, cs, i, count, mlen)
-            pid = 0
-            if q:
-                pid = link.next_pid()
-                head[off - 2] = pid >> 8
-                head[off - 1] = pid & 0xFF
-            end = off + protocol.HEADER_LEN + mlen
-            rl = end - 4 + size   # MQTT "remaining length": from the topic length on
-            digits = 1 if rl < 0x80 else 2 if rl < 0x4000 else 3
-            p = 4 - digits
-            for k in range(digits):
-                head[p + k] = (rl & 0x7F) | (0x80 if k < digits - 1 else 0)
-                rl >>= 7
-            p -= 1
-            head[p] = 0x32 if q else 0x30   # PUBLISH, QoS 1 or 0, not retained
-            link.send_chunk(head, p, end - p, frame.mv, start, size, pid)
+            mq.publish_from(head, off, off + protocol.HEADER_LEN + mlen, frame.mv, start, size, q)
             n += 1
             if feed is not None:
                 feed()
@@ -140,10 +115,22 @@ class Sender:
 
 
 def meta_json(t, up, trigger, fs, q, wake, cmd_id):
+    # The metadata of chunk 0 as JSON bytes, and whether the command id had to be left out to
+    # keep it within META_MAX (the room in the Sender's buffers). Command ids have at most 64
+    # characters, so today it always fits, even with an id of 64 control characters (each
+    # escaped as \uXXXX, tests/node_scripts/meta_check.py). Should a longer key come along,
+    # the id is the one key that can go (the capture's ack names the frame anyway), and
+    # anything longer still raises ValueError: a frame never loses its metadata silently.
     m = {"t": t, "up": up, "trigger": trigger, "fs": fs, "q": q, "wake": wake}
     if cmd_id is not None:
         m["cmd"] = cmd_id
     b = json.dumps(m).encode()
+    dropped = False
+    if len(b) > META_MAX and cmd_id is not None:
+        del m["cmd"]
+        b = json.dumps(m).encode()
+        dropped = True
     if len(b) > META_MAX:
-        b = b[:0]
-    return b
+        raise ValueError("metadata of %d bytes, more than the %d a chunk head holds"
+                         % (len(b), META_MAX))
+    return b, dropped

@@ -1,0 +1,187 @@
+"""The front of the loop: every message from the broker goes to the stage that owns its topic.
+Topics and node ids are checked first, so nothing under a malformed or hostile id reaches
+any stage; JSON documents are parsed with a size and depth bound. No handler's failure stops
+the loop: it is caught, counted and logged once per cause.
+
+    <prefix>/<node>/frame          -> frames.py (reassembly, store, announce)
+    <prefix>/<node>/availability   -> nodes.py (and the index's node row)
+    <prefix>/<node>/state          -> nodes.py, Home Assistant, the ledger's gap check
+    <prefix>/<node>/ack            -> frames.py (answers to resend requests)
+    <prefix>/_backend/forget       -> the service (espcam forget)
+    <ha_prefix>/status             -> Home Assistant discovery again
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from espcam.backend.frames import FrameKey, FramePath
+from espcam.backend.homeassistant import HomeAssistant
+from espcam.backend.names import is_node_id
+from espcam.backend.nodes import NodeBook
+from espcam.backend.protocol import (
+    AVAILABILITY,
+    BACKEND_LEVEL,
+    ChunkError,
+    TopicError,
+    decode_chunk,
+    parse_ack,
+    parse_topic,
+)
+from espcam.backend.ratelog import RateLimitedLog
+
+log = logging.getLogger("espcam.backend")
+
+MAX_STATE_BYTES = 16 * 1024
+
+
+class BadDocument(ValueError):
+    pass
+
+
+def parse_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """A JSON object from the network, bounded in size; anything else raises BadDocument."""
+    if len(payload) > max_bytes:
+        raise BadDocument(f"{len(payload)} bytes, more than {max_bytes}")
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadDocument(f"not UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise BadDocument("JSON nested too deep") from None
+    if not isinstance(doc, dict):
+        raise BadDocument("not a JSON object")
+    return doc
+
+
+class Intake:
+    def __init__(self, prefix: str, frames: FramePath, nodes: NodeBook,
+                 ha: HomeAssistant | None, save_node: Callable[[str, dict[str, Any]], None],
+                 forget: Callable[[bytes], None], warn: RateLimitedLog) -> None:
+        """`save_node(node, fields)`: the node's row in the index (on a store worker);
+        `forget(payload)`: an `espcam forget` request."""
+        self.prefix, self.frames, self.nodes, self.ha = prefix, frames, nodes, ha
+        self._save_node, self._forget, self._warn = save_node, forget, warn
+        self.forget_topic = f"{prefix}/{BACKEND_LEVEL}/forget"
+        self._own = f"{prefix}/{BACKEND_LEVEL}/"
+        self.counters: Counter[str] = Counter()
+
+    def handle(self, msg: mqtt.MQTTMessage, now: float) -> FrameKey | None:
+        """Hand one message to its stage; returns the key of a frame still open that the
+        message belongs to (its acknowledgement waits for the frame)."""
+        self.counters["messages"] += 1
+        try:
+            return self._route(msg, now)
+        except Exception:
+            self.counters["errors"] += 1
+            self._warn.exception(f"error:{msg.topic[:60]}", "unexpected error handling %s; "
+                                 "carrying on", msg.topic[:80])
+            return None
+
+    def _route(self, msg: mqtt.MQTTMessage, now: float) -> FrameKey | None:
+        if msg.topic == self.forget_topic:
+            self._forget(msg.payload)
+            return None
+        if self.ha and msg.topic == self.ha.status_topic:
+            self.ha.on_status(msg.payload)
+            return None
+        try:
+            node, kind = parse_topic(self.prefix, msg.topic)
+        except TopicError as e:
+            if msg.topic.startswith(self._own):
+                return None  # our own availability, matched by <prefix>/+/availability
+            self.counters["bad_topics"] += 1
+            self._warn.warning("topic", "dropped message: %s", e)
+            return None
+        if kind == "frame":
+            return self._chunk(node, msg.payload, now)
+        if not msg.payload and kind in ("availability", "state"):
+            return None  # a retained message being cleared (`espcam forget`)
+        if kind == "availability":
+            self._availability(node, msg.payload)
+        elif kind == "state":
+            self._state(node, msg.payload)
+        elif kind == "ack":
+            self._ack(node, msg.payload)
+        return None
+
+    def _chunk(self, node: str, payload: bytes, now: float) -> FrameKey | None:
+        try:
+            chunk = decode_chunk(payload)
+        except ChunkError as e:
+            self.counters["bad_chunks"] += 1
+            self._warn.warning(f"chunk:{node}", "node %s: dropped malformed chunk: %s", node, e)
+            return None
+        # Only a message that decodes makes a node known: junk under a new id creates no
+        # state here and no Home Assistant device.
+        if not self._admit(node):
+            return None
+        return self.frames.chunk(node, chunk, now)
+
+    def _admit(self, node: str) -> bool:
+        view, new = self.nodes.admit(node)
+        if view is None:
+            self._warn.warning("max_nodes", "ignoring node %s: already tracking max_nodes=%d "
+                               "nodes (raise the setting if they are real)", node,
+                               self.nodes.max_nodes)
+            return False
+        if new and self.ha:
+            self.ha.node_seen(node, view.state)
+        return True
+
+    def _availability(self, node: str, payload: bytes) -> None:
+        value = payload.decode("utf-8", "replace")
+        if value not in AVAILABILITY:
+            self.counters["bad_messages"] += 1
+            self._warn.warning(f"avail:{node}", "node %s: ignored availability %r", node,
+                               value[:40])
+            return
+        if not self._admit(node):
+            return
+        self.nodes.views[node].availability = value
+        self._save_node(node, {"availability": value})
+
+    def _state(self, node: str, payload: bytes) -> None:
+        try:
+            doc = parse_object(payload, MAX_STATE_BYTES)
+        except BadDocument as e:
+            self.counters["bad_messages"] += 1
+            self._warn.warning(f"state:{node}", "node %s: ignored state document: %s", node, e)
+            return
+        if not self._admit(node):
+            return
+        self.nodes.views[node].state = doc
+        self._save_node(node, {"state": doc})
+        if self.ha:
+            self.ha.node_state(node, doc)
+        gap = self.frames.ledger.state(node, doc)
+        if gap is not None:
+            self.frames.request_gap(node, gap)
+
+    def _ack(self, node: str, payload: bytes) -> None:
+        try:
+            ack = parse_ack(payload)
+        except ValueError as e:
+            self.counters["bad_messages"] += 1
+            self._warn.warning(f"ack:{node}", "node %s: ignored ack: %s", node, e)
+            return
+        if node not in self.nodes.views and not self._admit(node):
+            return
+        self.frames.ack(node, ack)
+
+    def known_nodes(self, from_index: Callable[[], list[dict[str, Any]]]
+                    ) -> dict[str, dict[str, Any] | None]:
+        """Nodes of the index and of this run, with their last state document."""
+        known: dict[str, dict[str, Any] | None] = {}
+        try:
+            known = {r["node"]: r["state"] for r in from_index()}
+        except Exception as e:  # an unreadable index must not stop the live nodes
+            self._warn.warning("nodes", "cannot read nodes from the index: %s", e)
+        for node, view in self.nodes.views.items():
+            known[node] = view.state or known.get(node)
+        return {n: s for n, s in known.items() if is_node_id(n)}
