@@ -28,7 +28,8 @@ class Announcer:
     def __init__(self, prefix: str, data_root: Path, publish: Publish) -> None:
         self.prefix, self.data_root, self._publish = prefix, data_root, publish
 
-    def frame(self, stored: StoredFrame, jpeg: bytes, newest: bool) -> None:
+    def frame(self, stored: StoredFrame, jpeg: bytes, newest: bool,
+              claimed_capture: float | None = None) -> None:
         if newest:  # a frame completing late must not replace a newer picture
             # QoS 0: the picture is a copy of a stored file, and the next frame replaces it.
             # At QoS 1 paho holds every JPEG until the broker acks it: 144 -> 97 MB peak RSS
@@ -47,6 +48,9 @@ class Announcer:
             "received_at": stored.received_at,
             "crc32": stored.crc,
         }
+        if claimed_capture is not None:
+            # The node's clock was ahead: its time is said, the receive time is used.
+            event["claimed_captured_at"] = claimed_capture
         self._publish(topic(self.prefix, stored.node, "event"), json.dumps(event), False, 1)
         log.info("stored node %s frame %d: %s (%d bytes, %dx%d)", stored.node,
                  stored.frame_id, stored.path, stored.bytes, stored.width or 0,

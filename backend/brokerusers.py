@@ -77,7 +77,11 @@ def write_env(path: Path, values: dict[str, str]) -> None:
             done.add(key)
     lines += [f"{k}={v}" for k, v in values.items() if k not in done]
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A stale tmp file (an interrupted run, or someone's 0644 file) would keep its own mode:
+    # O_CREAT's mode only applies to a new file. Start from a new one, and make sure.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
     if os.geteuid() == 0 and path.exists():  # run with sudo: the file stays its owner's

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from espcam.backend import brokerusers
 from espcam.backend import config as config_mod
+from espcam.backend.documents import SETTINGS, CommandError, build_command
 from espcam.backend.names import check_node_id
-from espcam.backend.protocol import SETTINGS, CommandError, build_command
 
 if TYPE_CHECKING:
     from espcam.backend.storage import Storage

@@ -15,7 +15,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from espcam.backend.config import Settings
-from espcam.backend.protocol import BACKEND_LEVEL, encode_command, parse_ack, topic
+from espcam.backend.documents import encode_command, parse_ack
+from espcam.backend.protocol import BACKEND_LEVEL, topic
+from espcam.backend.ratelog import printable
 from espcam.backend.session import BrokerUnreachable, client_for
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -141,7 +143,8 @@ class CommandClient:
                           "before answering; it runs the command when it wakes")
         ack = parse_ack(got[1])
         if not ack.ok:
-            return Result(Outcome.REFUSED, f"refused: {ack.error}", state=self.state)
+            return Result(Outcome.REFUSED, f"refused: {printable(ack.error, 500)}",
+                          state=self.state)
         result = Result(Outcome.DONE, f"done: {doc['cmd']} {json.dumps(ack.result)}",
                         ack_result=ack.result, state=self.state)
         if wait_frame and isinstance(ack.result, dict) and "frame" in ack.result:

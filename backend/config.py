@@ -54,8 +54,11 @@ class Settings:
     resend_after: float = Limits.resend_after
     resend_tries: int = Limits.resend_tries
     max_age: float = Limits.max_age
+    max_stranger_frames: int = Limits.max_stranger_frames
+    max_stranger_bytes: int = Limits.max_stranger_bytes
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_scans: int = DEFAULT_MAX_SCANS
+    max_clock_ahead: float = 3600.0
     max_nodes: int = 1000
     max_queue_bytes: int = 32 * 1024 * 1024
     # [cli]
@@ -89,8 +92,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "max_pending_frames", "max_pending_bytes", "store_workers",
                 "retention_interval"),
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
-               "max_bytes_total", "resend_after", "resend_tries", "max_age", "max_pixels",
-               "max_scans", "max_nodes", "max_queue_bytes"),
+               "max_bytes_total", "resend_after", "resend_tries", "max_age",
+               "max_stranger_frames", "max_stranger_bytes", "max_pixels", "max_scans",
+               "max_clock_ahead", "max_nodes", "max_queue_bytes"),
     "cli": ("command_timeout",),
     "homeassistant": ("ha_discovery", "ha_prefix"),
     "": ("log_level",),

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from espcam.backend.documents import SETTINGS
 from espcam.backend.names import check_node_id
-from espcam.backend.protocol import SETTINGS, backend_topic, topic
+from espcam.backend.protocol import backend_topic, topic
 
 MANUFACTURER = "Espressif"
 MODEL = "ESP32-CAM"
@@ -157,8 +158,12 @@ COMMAND_ID_PREFIX = "ha-"
 # not: `offline`, the empty payload `espcam forget` clears the topic with, garbage.
 # Home Assistant renders this template only with the availability topic's payload, when one
 # arrives: it cannot see the state document's `sleep_until`, nor notice that a sleeping node
-# never woke up (docs/home-assistant.md, "Availability").
+# never woke up. The backend can: its report for the node says `available: offline` once the
+# node is overdue (nodes.py), and Home Assistant requires that too (docs/home-assistant.md,
+# "Availability").
 NODE_AVAILABILITY_TEMPLATE = "{{ 'online' if value in ('online', 'sleeping') else 'offline' }}"
+REPORT_AVAILABILITY_TEMPLATE = ("{{ 'offline' if value_json is defined and "
+                                "value_json.get('available') == 'offline' else 'online' }}")
 # The light's state from the node's state document, which carries `"flash": "on"|"off"` and is
 # republished whenever the LED changes (also when a pulse ends and before a deep sleep).
 # Without the key (an older node), or for a payload that is not JSON (the topic cleared by
@@ -215,6 +220,9 @@ def _availability(prefix: str, node: str, which: str) -> list[dict[str, str]]:
     if which == NODE_AND_BACKEND:
         out.append({"topic": topic(prefix, node, "availability"),
                     "value_template": NODE_AVAILABILITY_TEMPLATE,
+                    "payload_available": "online", "payload_not_available": "offline"})
+        out.append({"topic": report_topic(prefix, node),
+                    "value_template": REPORT_AVAILABILITY_TEMPLATE,
                     "payload_available": "online", "payload_not_available": "offline"})
     return out
 

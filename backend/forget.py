@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from espcam.backend import discovery
 from espcam.backend.config import Settings
-from espcam.backend.protocol import backend_topic, new_command_id, topic
+from espcam.backend.documents import new_command_id
+from espcam.backend.protocol import backend_topic, topic
 from espcam.backend.session import Session
 
 

@@ -1,7 +1,12 @@
 """A frame's way through the backend, in the loop's thread: chunk -> ledger (seen before?) ->
-reassembly -> the check-and-store lanes -> back here as an Outcome -> announced. Also what
-becomes of frames that do not make it: resend requests while chunks are missing, and a `LOST`
-line and a count when a frame is given up.
+reassembly -> the check-and-store lanes -> back here as an Outcome -> announced, and for a
+version 2 node confirmed. Also what becomes of frames that do not make it: resend requests while
+chunks are missing, and a `LOST` line and a count when a frame is given up for good.
+
+A version 1 frame given up while incomplete is lost: its node keeps only its newest frame. A
+version 2 node keeps every frame until it is confirmed, so an incomplete frame let go here is
+sent again and is neither confirmed nor counted; its losses are what the node itself drops
+(`dropped`) and frames that can never be stored.
 
 The last chunk of a frame (QoS 1) is acknowledged to the broker only when the frame is settled:
 stored, a duplicate, or given up.
@@ -16,21 +21,21 @@ from collections.abc import Callable
 from typing import Any
 
 from espcam.backend.announce import Announcer
-from espcam.backend.lanes import Lanes
-from espcam.backend.ledger import Ledger
-from espcam.backend.nodes import NodeBook
-from espcam.backend.protocol import (
+from espcam.backend.confirm import Confirmer
+from espcam.backend.documents import (
     Ack,
-    Chunk,
     CommandError,
     build_command,
     encode_command,
     new_command_id,
-    topic,
 )
-from espcam.backend.ratelog import RateLimitedLog
+from espcam.backend.lanes import Lanes
+from espcam.backend.ledger import Ledger
+from espcam.backend.nodes import NodeBook
+from espcam.backend.protocol import Chunk, topic
+from espcam.backend.ratelog import RateLimitedLog, id_ranges, printable
 from espcam.backend.reassembly import FrameRejected, Lost, Reassembler, ResendRequest
-from espcam.backend.records import Frame, Outcome
+from espcam.backend.records import Frame, Losses, Outcome
 from espcam.backend.store import FrameStore
 
 log = logging.getLogger("espcam.backend")
@@ -41,7 +46,8 @@ FrameKey = tuple[str, int]
 
 class FramePath:
     def __init__(self, prefix: str, ledger: Ledger, reassembler: Reassembler, lanes: Lanes,
-                 store: FrameStore, nodes: NodeBook, announcer: Announcer, publish: Publish,
+                 store: FrameStore, nodes: NodeBook, announcer: Announcer,
+                 confirmer: Confirmer, publish: Publish,
                  release: Callable[[FrameKey], None], deliver: Callable[[Any], None],
                  disk_refuses: Callable[[], bool], warn: RateLimitedLog) -> None:
         """`release(key)`: acknowledge the held messages of a settled frame; `deliver(result)`:
@@ -49,7 +55,7 @@ class FramePath:
         failing writes now."""
         self.prefix = prefix
         self.ledger, self.reassembler, self.lanes, self.store = ledger, reassembler, lanes, store
-        self.nodes, self.announcer = nodes, announcer
+        self.nodes, self.announcer, self.confirmer = nodes, announcer, confirmer
         self._publish, self._release, self._deliver, self._warn = publish, release, deliver, warn
         self.disk_refuses = disk_refuses
         self.counters: Counter[str] = Counter()
@@ -58,9 +64,11 @@ class FramePath:
 
     # -- chunks in -------------------------------------------------------------------------
 
-    def chunk(self, node: str, chunk: Chunk, now: float) -> FrameKey | None:
+    def chunk(self, node: str, chunk: Chunk, now: float,
+              stranger: bool = False) -> FrameKey | None:
         """Take one decoded chunk; returns the key of its frame while the frame is open (its
-        QoS 1 message is then acknowledged only when the frame is settled)."""
+        QoS 1 message is then acknowledged only when the frame is settled). `stranger`: its
+        node has not announced itself."""
         key = (node, chunk.frame_id)
         verdict = self.ledger.check_chunk(node, chunk.frame_id, chunk.crc32)
         if verdict in ("duplicate", "stored_before"):
@@ -68,30 +76,51 @@ class FramePath:
             self.counters["chunks"] += 1
             self.counters["duplicate_chunks"] += 1
             if verdict == "stored_before" and self.lanes.submit(
-                    node, self.store.again_job(node, chunk.frame_id, chunk.crc32,
+                    node, self.store.again_job(node, chunk.frame_id, chunk.crc32, chunk.version,
                                                self._deliver), force=True):
                 # Stored by an earlier run, which may have died before announcing it: its
                 # message is held until the frame is announced (again).
                 self._in_lanes.add(key)
+            elif chunk.version >= 2 and key not in self._in_lanes:
+                # Sent again by a node that did not get its confirmation: confirm it again.
+                end = self.ledger.verdict(node, chunk.frame_id)
+                if end == "stored":
+                    self.confirmer.stored(node, chunk.frame_id)
+                elif end == "lost":
+                    self.confirmer.lost(node, chunk.frame_id)
             return key if key in self._in_lanes else None
         try:
-            frame, evicted = self.reassembler.add(node, chunk, now)
+            frame, evicted = self.reassembler.add(node, chunk, now, stranger)
             self.lost(evicted)
         except FrameRejected as e:
             self.lost(e.evicted)
             if e.retry:
                 self._warn.warning(f"crc:{node}", "%s", e)
                 return key
-            self._warn.error(f"lost-crc:{node}", "%s", e)
             self.ledger.finished(node, e.frame_id, e.crc32)
-            self.nodes.lost(node)
             self._release(key)
+            if chunk.version >= 2:
+                # The node's own copy is bad: it must stop sending it (confirmed lost), and a
+                # restart of ours must not count it twice (recorded first).
+                self.losses(node, [e.frame_id], "CRC32 failed again after the whole frame "
+                                                "was sent again")
+                return None
+            self._warn.error(f"lost-crc:{node}", "%s", e)
+            self.nodes.lost(node)
             return None
         except ValueError as e:
             self._warn.warning(f"chunk:{node}", "node %s: dropped chunk: %s", node, e)
             return key if self.reassembler.holds(node, chunk.frame_id) else None
         if frame is None:
             return key if self.reassembler.holds(node, chunk.frame_id) else None
+        if not self.nodes.is_announced(node):
+            # Every node announces itself when it connects: a whole frame under an id that never
+            # did is junk (or a node that breaks the protocol); it is not stored, and costs no
+            # index row, no file and no Home Assistant device.
+            self.counters["stranger_frames"] += 1
+            self._warn.warning("stranger-frames", "dropped frame %d of %s: the node has not "
+                               "announced itself (availability, state)", frame.frame_id, node)
+            return None
         frame.received_at = time.time()
         self.ledger.finished(node, frame.frame_id, frame.crc32)
         self._submit(frame)
@@ -135,8 +164,11 @@ class FramePath:
 
     # -- frames out ------------------------------------------------------------------------
 
-    def settle(self, result: Outcome | BaseException) -> None:
+    def settle(self, result: Outcome | Losses | BaseException) -> None:
         """A store worker's result, in each node's order."""
+        if isinstance(result, Losses):
+            self.settle_losses(result)
+            return
         if not isinstance(result, Outcome):
             self.counters["errors"] += 1
             log.error("unexpected error in the store stage: %r", result)
@@ -145,7 +177,14 @@ class FramePath:
         key = (frame.node, frame.frame_id)
         self._in_lanes.discard(key)
         self._release(key)
+        v2 = frame.version >= 2
+        self.ledger.settled(frame.node, frame.frame_id,
+                            "lost" if result.refused is not None else "stored")
         if result.refused is not None:
+            if v2:
+                self.confirmer.lost(frame.node, frame.frame_id)
+                if result.counted:
+                    return  # sent again by its node; counted the first time
             self.counters[result.counter or "refused"] += 1
             self.nodes.lost(frame.node)
             if result.counter == "storage_rejected":
@@ -156,21 +195,61 @@ class FramePath:
                 self._warn.error(f"{result.counter}:{frame.node}", "node %s frame %d rejected, "
                                  "%s", frame.node, frame.frame_id, result.refused)
             return
+        if v2 and (result.stored is not None or result.duplicate):
+            self.confirmer.stored(frame.node, frame.frame_id)
         if result.duplicate or result.stored is None:
             self.counters["duplicate_frames"] += 1
             log.info("node %s frame %d is already stored; duplicate ignored", frame.node,
                      frame.frame_id)
             return
         self.counters["announced_again" if result.again else "frames_stored"] += 1
+        if result.was_lost:
+            self.counters["frames_lost"] -= 1
+            self.nodes.lost(frame.node, -1)
+            log.warning("frame %d of node %s, counted lost when the node dropped it, arrived "
+                        "after all: stored, and no longer counted lost", frame.frame_id,
+                        frame.node)
         self.nodes.stored(frame.node, result.stored, result.count, result.newest)
-        self.announcer.frame(result.stored, frame.data, result.newest)
+        if result.claimed_capture is not None:
+            self._warn.warning(f"clock:{frame.node}", "node %s frame %d says it was captured "
+                               "%.0f s after it arrived: its clock is ahead; the receive time "
+                               "is used", frame.node, frame.frame_id,
+                               result.claimed_capture - frame.received_at)
+        self.announcer.frame(result.stored, frame.data, result.newest, result.claimed_capture)
 
     def lost(self, lost: list[Lost] | Lost | None) -> None:
-        """Frames given up by reassembly (logged and counted there); counted per node here."""
+        """Frames given up by reassembly (logged and counted there); counted per node here.
+        A version 2 frame let go is not lost: its node sends it again (reassembly says so)."""
         for item in lost if isinstance(lost, list) else [lost] if lost else []:
+            self._release((item.node, item.frame_id))
+            if item.version >= 2:
+                continue
             self.ledger.finished(item.node, item.frame_id, item.crc32)
             self.nodes.lost(item.node)
-            self._release((item.node, item.frame_id))
+
+    def losses(self, node: str, frame_ids: list[int], reason: str) -> None:
+        """Frames of a version 2 node that will never be stored: recorded (each counted once,
+        in the node's lane, after its frames still being stored) and then confirmed lost."""
+        self.lanes.submit(node, self.store.losses_job(node, frame_ids, reason, self._deliver),
+                          force=True)
+
+    def dropped(self, node: str, frame_ids: list[int], reason: str) -> None:
+        """A version 2 node could not keep these frames (`dropped`)."""
+        self.losses(node, frame_ids, f"dropped by the node: {reason}")
+
+    def settle_losses(self, result: Losses) -> None:
+        node, new = result.node, result.ids("new")
+        if new:
+            self.counters["frames_lost"] += len(new)
+            self.nodes.lost(node, len(new))
+            log.warning("LOST frame%s %s of node %s: %s%s", "s" if len(new) > 1 else "",
+                        id_ranges(new), node, printable(result.reason),
+                        f" ({len(new)} frames)" if len(new) > 1 else "")
+        for fid in result.ids("stored"):
+            self.confirmer.stored(node, fid)
+        for fid in new + result.ids("counted"):
+            self.ledger.settled(node, fid, "lost")
+            self.confirmer.lost(node, fid)
 
     def count_lost(self, node: str) -> None:
         """A frame given up outside reassembly (the node no longer holds it)."""
@@ -217,12 +296,12 @@ class FramePath:
             return  # someone else's command (the CLI, Home Assistant), or done
         if req.kind == "gap":
             log.warning("LOST frame %d of node %s: no chunk of it arrived and the node cannot "
-                        "resend it: %s", req.frame_id, node, ack.error)
+                        "resend it: %s", req.frame_id, node, printable(ack.error))
             self.ledger.finished(node, req.frame_id, 0)
             self.count_lost(node)
             return
         self.lost(self.reassembler.give_up(node, req.frame_id,
-                                           f"node cannot resend: {ack.error}"))
+                                           f"node cannot resend: {printable(ack.error)}"))
 
     # -- the end ---------------------------------------------------------------------------
 

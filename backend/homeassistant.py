@@ -2,7 +2,9 @@
 
 Discovery (backend/discovery.py builds it) is published retained, QoS 1:
 - for every known node when the backend connects;
-- for all of them again when Home Assistant announces itself on `<ha_prefix>/status` (`online`);
+- for all of them again when Home Assistant announces itself on `<ha_prefix>/status` (`online`),
+  at most once every 30 s (a client repeating `online` cannot make the backend republish
+  every device on each message);
 - when a node first appears, and when its state changes what the document says (MAC, software
   version) or its settings change;
 - empty, retained, when a node is forgotten: Home Assistant then removes the device.
@@ -18,6 +20,8 @@ from espcam.backend import discovery
 
 log = logging.getLogger("espcam.homeassistant")
 
+ANNOUNCE_EVERY = 30.0  # seconds between two republications asked for on the status topic
+
 Publish = Callable[[str, bytes | str, bool], None]  # topic, payload, retain
 Known = Callable[[], dict[str, dict[str, Any] | None]]  # node -> its last state document
 
@@ -28,6 +32,8 @@ class HomeAssistant:
         self._publish = publish
         self._known = known
         self._published: dict[str, bytes] = {}  # node -> discovery document last published
+        self._wanted = False  # Home Assistant asked (status `online`) since the last one
+        self._next_allowed = 0.0
         self._settings: dict[str, Any] = {}  # node -> settings in its last state document
 
     @property
@@ -61,6 +67,13 @@ class HomeAssistant:
 
     def on_status(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
+            self._wanted = True
+
+    def tick(self, now: float) -> None:
+        """The loop's timer (monotonic seconds): answer Home Assistant's `online`, throttled."""
+        if self._wanted and now >= self._next_allowed:
+            self._wanted = False
+            self._next_allowed = now + ANNOUNCE_EVERY
             log.info("Home Assistant is online; publishing discovery")
             self.announce_all()
 

@@ -40,6 +40,16 @@ CREATE TABLE IF NOT EXISTS frames (
     PRIMARY KEY (node, frame_id, crc)
 );
 CREATE INDEX IF NOT EXISTS frames_by_time ON frames (node, taken_at);
+-- Retention goes by arrival: a node's clock cannot make a frame old (or young).
+CREATE INDEX IF NOT EXISTS frames_by_arrival ON frames (node, received_at);
+-- Frames counted lost (protocol version 2): counted once, whatever comes again.
+CREATE TABLE IF NOT EXISTS lost (
+    node     TEXT    NOT NULL,
+    frame_id INTEGER NOT NULL,
+    reason   TEXT    NOT NULL,
+    at       REAL    NOT NULL,
+    PRIMARY KEY (node, frame_id)
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node         TEXT PRIMARY KEY,
     availability TEXT,
@@ -243,19 +253,20 @@ class Index:
 
     def older_than(self, node: str, cutoff: float) -> bool:
         with self.lock:
-            return self.db.execute("SELECT 1 FROM frames WHERE node = ? AND taken_at < ? "
+            return self.db.execute("SELECT 1 FROM frames WHERE node = ? AND received_at < ? "
                                    "LIMIT 1", (node, cutoff)).fetchone() is not None
 
     def oldest_first(self, node: str, limit: int, batch: int = 64) -> Iterator[sqlite3.Row]:
-        """The node's oldest frames (frame_id, path, bytes, taken_at), at most `limit`, read
-        off (node, taken_at) `batch` rows at a time, so a caller that stops early has read
+        """The node's frames received first (frame_id, path, bytes, received_at), at most
+        `limit`, read off (node, received_at) `batch` rows at a time, so a caller that stops
+        early has read
         only what it looked at."""
         offset = 0
         while offset < limit:
             with self.lock:
                 rows = self.db.execute(
-                    "SELECT frame_id, path, bytes, taken_at FROM frames WHERE node = ? "
-                    "ORDER BY taken_at LIMIT ? OFFSET ?",
+                    "SELECT frame_id, path, bytes, received_at FROM frames WHERE node = ? "
+                    "ORDER BY received_at LIMIT ? OFFSET ?",
                     (node, min(batch, limit - offset), offset)).fetchall()
             yield from rows
             if len(rows) < batch:
@@ -278,7 +289,38 @@ class Index:
         with self.lock:
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
+                self.db.execute("DELETE FROM lost WHERE node = ?", (node,))
             self._totals.pop(node, None)
+
+    # -- frames counted lost ---------------------------------------------------------------
+
+    def count_lost(self, node: str, frame_ids: list[int], reason: str,
+                   at: float) -> dict[int, str]:
+        """Record frames as lost, each once. Per id: "new" (recorded now), "counted" (before),
+        or "stored" (it is stored after all: the node dropped a frame whose confirmation had
+        not reached it)."""
+        out: dict[int, str] = {}
+        with self.lock, self.db:
+            for fid in frame_ids:
+                if self.db.execute("SELECT 1 FROM frames WHERE node = ? AND frame_id = ?",
+                                   (node, fid)).fetchone():
+                    out[fid] = "stored"
+                    continue
+                cur = self.db.execute("INSERT OR IGNORE INTO lost (node, frame_id, reason, at) "
+                                      "VALUES (?, ?, ?, ?)", (node, fid, reason, at))
+                out[fid] = "new" if cur.rowcount else "counted"
+        return out
+
+    def found(self, node: str, frame_id: int) -> bool:
+        """A frame counted lost that arrived after all (stored now): no longer lost."""
+        with self.lock, self.db:
+            return self.db.execute("DELETE FROM lost WHERE node = ? AND frame_id = ?",
+                                   (node, frame_id)).rowcount > 0
+
+    def lost_count(self, node: str) -> int:
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM lost WHERE node = ?",
+                                   (node,)).fetchone()[0]
 
     # -- nodes -----------------------------------------------------------------------------
 

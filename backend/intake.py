@@ -7,6 +7,7 @@ the loop: it is caught, counted and logged once per cause.
     <prefix>/<node>/availability   -> nodes.py (and the index's node row)
     <prefix>/<node>/state          -> nodes.py, Home Assistant, the ledger's gap check
     <prefix>/<node>/ack            -> frames.py (answers to resend requests)
+    <prefix>/<node>/dropped        -> frames.py (frames a version 2 node could not keep)
     <prefix>/_backend/forget       -> the service (espcam forget)
     <ha_prefix>/status             -> Home Assistant discovery again
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from espcam.backend.documents import DocumentError, parse_ack, parse_dropped
 from espcam.backend.frames import FrameKey, FramePath
 from espcam.backend.homeassistant import HomeAssistant
 from espcam.backend.names import is_node_id
@@ -30,7 +32,6 @@ from espcam.backend.protocol import (
     ChunkError,
     TopicError,
     decode_chunk,
-    parse_ack,
     parse_topic,
 )
 from espcam.backend.ratelog import RateLimitedLog
@@ -50,8 +51,8 @@ def parse_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
         raise BadDocument(f"{len(payload)} bytes, more than {max_bytes}")
     try:
         doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadDocument(f"not UTF-8 JSON: {e}") from None
+    except ValueError as e:  # also an integer of thousands of digits
+        raise BadDocument(f"not UTF-8 JSON: {str(e)[:80]}") from None
     except RecursionError:
         raise BadDocument("JSON nested too deep") from None
     if not isinstance(doc, dict):
@@ -108,6 +109,8 @@ class Intake:
             self._state(node, msg.payload)
         elif kind == "ack":
             self._ack(node, msg.payload)
+        elif kind == "dropped":
+            self._dropped(node, msg.payload)
         return None
 
     def _chunk(self, node: str, payload: bytes, now: float) -> FrameKey | None:
@@ -117,8 +120,11 @@ class Intake:
             self.counters["bad_chunks"] += 1
             self._warn.warning(f"chunk:{node}", "node %s: dropped malformed chunk: %s", node, e)
             return None
-        # Only a message that decodes makes a node known: junk under a new id creates no
-        # state here and no Home Assistant device.
+        # Only a node that has announced itself gets a view, a report and a Home Assistant
+        # device; junk under a made-up id is reassembled in the strangers' small budget.
+        if not self.nodes.is_announced(node):
+            self.counters["stranger_chunks"] += 1
+            return self.frames.chunk(node, chunk, now, stranger=True)
         if not self._admit(node):
             return None
         return self.frames.chunk(node, chunk, now)
@@ -141,6 +147,7 @@ class Intake:
             self._warn.warning(f"avail:{node}", "node %s: ignored availability %r", node,
                                value[:40])
             return
+        self.nodes.announce(node)
         if not self._admit(node):
             return
         self.nodes.views[node].availability = value
@@ -153,9 +160,16 @@ class Intake:
             self.counters["bad_messages"] += 1
             self._warn.warning(f"state:{node}", "node %s: ignored state document: %s", node, e)
             return
+        self.nodes.announce(node)
         if not self._admit(node):
             return
-        self.nodes.views[node].state = doc
+        view = self.nodes.views[node]
+        if _new_power_on(view.state, doc):
+            # Frames a version 2 node held in RAM did not survive; nothing counts them
+            # (docs/protocol.md, "Limits a node cannot get round").
+            log.warning("node %s lost power: frames it held in RAM and had not seen confirmed, "
+                        "if any, are gone", node)
+        view.state = doc
         self._save_node(node, {"state": doc})
         if self.ha:
             self.ha.node_state(node, doc)
@@ -170,9 +184,18 @@ class Intake:
             self.counters["bad_messages"] += 1
             self._warn.warning(f"ack:{node}", "node %s: ignored ack: %s", node, e)
             return
-        if node not in self.nodes.views and not self._admit(node):
+        self.frames.ack(node, ack)  # acted on only if it answers one of our requests
+
+    def _dropped(self, node: str, payload: bytes) -> None:
+        try:
+            frame_ids, reason = parse_dropped(payload)
+        except DocumentError as e:
+            self.counters["bad_messages"] += 1
+            self._warn.warning(f"dropped:{node}", "node %s: ignored dropped document: %s", node,
+                               e)
             return
-        self.frames.ack(node, ack)
+        if self.nodes.is_announced(node) and self._admit(node):
+            self.frames.dropped(node, frame_ids, reason)
 
     def known_nodes(self, from_index: Callable[[], list[dict[str, Any]]]
                     ) -> dict[str, dict[str, Any] | None]:
@@ -185,3 +208,17 @@ class Intake:
         for node, view in self.nodes.views.items():
             known[node] = view.state or known.get(node)
         return {n: s for n, s in known.items() if is_node_id(n)}
+
+
+def _new_power_on(before: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
+    """The first state document of a version 2 node after it was powered on, spool in RAM."""
+    spool, proto = doc.get("spool"), doc.get("proto")
+    if not isinstance(proto, int) or proto < 2 or doc.get("reset_cause") != "power_on" or not (
+            isinstance(spool, dict) and spool.get("kind") == "ram"):
+        return False
+    up, up_before = doc.get("uptime"), (before or {}).get("uptime")
+    if not isinstance(up, int | float):
+        return False
+    if not isinstance(up_before, int | float):
+        return up < 300  # first seen in this run: only if the boot is recent
+    return up < up_before

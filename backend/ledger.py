@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from espcam.backend.protocol import FRAME_ID_BLOCK
+from espcam.backend.protocol import FRAME_ID_BLOCK, MAX_FRAME_ID
 
 log = logging.getLogger("espcam.ledger")
 
@@ -36,6 +36,9 @@ class _Node:
     # Of those, the ones stored before this run and not seen again since: the run that stored
     # one may have died before announcing it.
     before: set[int] = field(default_factory=set)
+    # What became of finished frames in the end: "stored" or "lost" (for a version 2 node, whose
+    # frame sent again must be confirmed again); absent while still on its way.
+    verdicts: dict[int, str] = field(default_factory=dict)
     gap_asked: set[int] = field(default_factory=set)
 
 
@@ -69,6 +72,7 @@ class Ledger:
                 for fid, crc in reversed(self._recent_from_index(node, REMEMBER_FINISHED)):
                     n.finished[fid] = crc
                     n.before.add(fid)
+                    n.verdicts[fid] = "stored"
             except Exception as e:
                 n.loaded = False  # asked again next time
                 log.warning("cannot read node %s's recent frames from the index: %s", node, e)
@@ -92,6 +96,7 @@ class Ledger:
             return "duplicate"
         del n.finished[frame_id]
         n.before.discard(frame_id)
+        n.verdicts.pop(frame_id, None)
         self.counters["reused_frame_ids"] += 1
         return "reused"
 
@@ -103,13 +108,26 @@ class Ledger:
         n.finished.move_to_end(frame_id)
         n.before.discard(frame_id)
         while len(n.finished) > REMEMBER_FINISHED:
-            n.before.discard(n.finished.popitem(last=False)[0])
+            old = n.finished.popitem(last=False)[0]
+            n.before.discard(old)
+            n.verdicts.pop(old, None)
+
+    def settled(self, node: str, frame_id: int, verdict: str) -> None:
+        """A finished frame's end: "stored" or "lost"."""
+        n = self._nodes.get(node)
+        if n is not None and frame_id in n.finished:
+            n.verdicts[frame_id] = verdict
+
+    def verdict(self, node: str, frame_id: int) -> str | None:
+        n = self._nodes.get(node)
+        return n.verdicts.get(frame_id) if n is not None else None
 
     def unfinish(self, node: str, frame_id: int) -> None:
         """The frame is to be taken again (its store was refused for now; the node resends)."""
         n = self._nodes.get(node)
         if n is not None:
             n.finished.pop(frame_id, None)
+            n.verdicts.pop(frame_id, None)
 
     def is_finished(self, node: str, frame_id: int) -> bool:
         return frame_id in self._node(node).finished
@@ -121,8 +139,12 @@ class Ledger:
         it arrived and it should be asked for (once), else None."""
         frame_id = doc.get("frame")
         # null: the node has captured nothing since it was powered on; no frame to look for.
-        if not isinstance(frame_id, int) or isinstance(frame_id, bool) or frame_id < 0:
+        if not isinstance(frame_id, int) or isinstance(frame_id, bool) or not (
+                0 <= frame_id <= MAX_FRAME_ID):
             return None
+        proto = doc.get("proto")
+        if isinstance(proto, int) and proto >= 2:
+            return None  # a version 2 node sends unconfirmed frames again by itself
         n = self._node(node)
         if self._fresh_id_block(n, doc, frame_id):
             if n.highest is not None:

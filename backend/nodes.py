@@ -4,13 +4,18 @@ capture), published retained on `<prefix>/_backend/nodes/<node>` for Home Assist
 stored, frames lost and last capture entities. The node cannot report these itself: they are
 what arrived and what was lost on the way.
 
-Bounded: at most `max_nodes` nodes are tracked; a node beyond that is ignored (and counted)
-until the service restarts, so made-up ids cannot grow memory.
+A node is tracked once it has announced itself (its availability or state document, which
+every node publishes after connecting and the broker keeps retained) or is in the index from an
+earlier run: only then does it get a view, a report, Home Assistant discovery and one of the
+`max_nodes` places. Chunks under an id that never announced itself are reassembled in a small
+budget of their own (reassembly.py) and cost nothing here. Bounded: at most `max_nodes` nodes
+are tracked; a node beyond that is ignored (and counted) until the service restarts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from espcam.backend.records import StoredFrame
+
+log = logging.getLogger("espcam.nodes")
 
 
 @dataclass
@@ -41,6 +48,8 @@ class NodeReport:
     frames_lost: int = 0  # frames given up since the backend started
     last_frame: int | None = None
     last_capture: float | None = None  # capture time of the newest frame, else its arrival
+    # "offline" once a sleeping node is overdue: it said when it would wake, and did not.
+    available: str = "online"
 
     @classmethod
     def from_storage(cls, count: int, latest: StoredFrame | None) -> NodeReport:
@@ -61,6 +70,7 @@ class NodeReport:
             "frames_lost": self.frames_lost,
             "last_frame": self.last_frame,
             "last_capture": iso_utc(self.last_capture),
+            "available": self.available,
             "time": round(time.time(), 3),
         }
 
@@ -76,8 +86,22 @@ class NodeBook:
         self._from_index = from_index
         self.views: dict[str, NodeView] = {}
         self.reports: dict[str, NodeReport] = {}
+        # Announced in this run, or known from the index: bounded by max_nodes plus the
+        # index's rows (each row is a node that was tracked once).
+        self._announced: set[str] = set()
         self._due: set[str] = set()  # reports to publish on the next tick: a flood costs one
         self.counters: Counter[str] = Counter()
+
+    def known(self, nodes: list[str]) -> None:
+        """Nodes of the index, from earlier runs: announced already."""
+        self._announced.update(nodes)
+
+    def announce(self, node: str) -> None:
+        if node in self._announced or len(self._announced) < 2 * self.max_nodes + 10_000:
+            self._announced.add(node)
+
+    def is_announced(self, node: str) -> bool:
+        return node in self._announced
 
     def admit(self, node: str) -> tuple[NodeView | None, bool]:
         """The node's view, made on its first valid message: (view, new). (None, False) when
@@ -121,12 +145,48 @@ class NodeBook:
     def lost(self, node: str, n: int = 1) -> None:
         self.report(node).frames_lost += n
 
+    def check_overdue(self, now: float) -> None:
+        """A node asleep past the wake it announced (plus a grace) is taken for dead: its
+        report says `available: offline`, which Home Assistant requires (discovery.py)."""
+        for node, view in self.views.items():
+            due = wake_due(view)
+            available = "offline" if due is not None and now > due else "online"
+            report = self.reports.get(node)
+            if report is not None and report.available != available:
+                report.available = available
+                self._due.add(node)
+                if available == "offline":
+                    log.warning("node %s is overdue: it went to sleep until %s and has not "
+                                "come back; Home Assistant shows it unavailable", node,
+                                iso_utc(due))
+
     def take_due(self) -> list[tuple[str, NodeReport]]:
         due = [(n, self.reports[n]) for n in sorted(self._due) if n in self.reports]
         self._due.clear()
         return due
 
     def forget(self, node: str) -> None:
+        self._announced.discard(node)
         self.views.pop(node, None)
         self.reports.pop(node, None)
         self._due.discard(node)
+
+
+# A late wake is not a dead node: Wi-Fi and the broker take their time after a wake.
+WAKE_GRACE = 120.0
+
+
+def wake_due(view: NodeView) -> float | None:
+    """When a sleeping node should be back at the latest (unix seconds), or None if it is
+    not asleep or nothing says when it wakes."""
+    if view.availability != "sleeping" or not isinstance(view.state, dict):
+        return None
+    until = view.state.get("sleep_until")
+    if isinstance(until, int | float) and not isinstance(until, bool):
+        slept = max(0.0, until - (view.last_seen or until))
+        return until + max(WAKE_GRACE, 0.1 * slept)
+    interval = (view.state.get("settings") or {}).get("sleep_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > 0 and (
+            view.last_seen is not None):
+        return view.last_seen + interval + max(WAKE_GRACE, 0.1 * interval)
+    return None

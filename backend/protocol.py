@@ -1,7 +1,8 @@
-"""The espcam wire protocol (docs/protocol.md) as the backend speaks it: chunk headers, topics,
-commands and acks. Every number and name comes from backend/protocol.json, the one
-machine-readable statement of the protocol, which the node's tables and the shared test
-vectors (tests/vectors/) are checked against too.
+"""The espcam wire protocol (docs/protocol.md) as the backend speaks it: the spec, chunk
+headers and topics (documents.py has the JSON documents: commands, acks, confirmations). Every
+number and name comes from backend/protocol.json, the one machine-readable statement of the
+protocol, which the node's tables and the shared test vectors (tests/vectors/) are checked
+against too.
 
 Pure functions and data only, no MQTT client. A refusal carries the name of the rule it broke
 (`.rule`), the same name the node gives for the same input.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ SPEC: dict[str, Any] = json.loads((Path(__file__).with_name("protocol.json")).re
 
 _CHUNK = SPEC["chunk"]
 VERSION: int = SPEC["protocol"]
+ACCEPTS: tuple[int, ...] = tuple(SPEC["accepts"])  # chunk versions this receiver reads
 MAGIC: bytes = _CHUNK["magic"].encode()
 HEADER = struct.Struct(">" + "".join(fmt for _, fmt in _CHUNK["header"]))
 HEADER_LEN: int = HEADER.size
@@ -49,12 +50,6 @@ AVAILABILITY = tuple(SPEC["topics"]["availability"]["values"])
 # with a letter or digit), so no camera can collide with or impersonate them.
 BACKEND_LEVEL: str = SPEC["names"]["backend_level"]
 
-_COMMANDS = SPEC["commands"]
-COMMANDS = tuple(_COMMANDS["names"])
-MAX_COMMAND_BYTES: int = _COMMANDS["max_bytes"]
-# The broker keeps a sleeping node's session and queued commands this long
-# (persistent_client_expiration 14d in deploy/mosquitto/); a longer sleep would lose them.
-MAX_SLEEP_SECONDS: int = _COMMANDS["names"]["sleep"]["seconds"]["range"][1]
 
 
 class Refusal(ValueError):
@@ -68,14 +63,6 @@ class Refusal(ValueError):
 
 class ChunkError(Refusal):
     """A frame chunk that breaks the protocol."""
-
-
-class CommandError(Refusal):
-    """A command that the protocol does not allow (bad name, key, type or range)."""
-
-
-class AckError(Refusal):
-    """A message on an ack topic that is not an ack."""
 
 
 class TopicError(ValueError):
@@ -123,9 +110,9 @@ def decode_chunk(message: bytes) -> Chunk:
      reserved) = HEADER.unpack_from(message)
     if magic != MAGIC:
         raise refuse("magic", f"bad magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
+    if version not in ACCEPTS:
         raise refuse("version", f"unknown protocol version {version}, this receiver speaks "
-                                f"{VERSION}")
+                                f"{', '.join(map(str, ACCEPTS))}")
     if flags & ~_KNOWN_FLAGS:
         raise refuse("flags", f"unknown flag bits in {flags:#04x}")
     if reserved != 0:
@@ -158,8 +145,10 @@ def decode_chunk(message: bytes) -> Chunk:
         raw = message[HEADER_LEN:HEADER_LEN + meta_len]
         try:
             meta = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise refuse("meta_not_json", f"metadata is not UTF-8 JSON: {e}") from None
+        except (ValueError, RecursionError) as e:
+            # ValueError also covers an integer of thousands of digits, which Python refuses
+            # to convert; RecursionError, JSON nested a thousand deep.
+            raise refuse("meta_not_json", f"metadata is not UTF-8 JSON: {str(e)[:80]}") from None
         if not isinstance(meta, dict):
             raise refuse("meta_not_object",
                          f"metadata is a JSON {type(meta).__name__}, not an object")
@@ -178,7 +167,7 @@ def encode_meta(meta: dict[str, Any]) -> bytes:
 
 def encode_chunks(frame: bytes, frame_id: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   meta: dict[str, Any] | bytes | None = None, flags: int = 0,
-                  only: list[int] | None = None) -> list[bytes]:
+                  only: list[int] | None = None, version: int = VERSION) -> list[bytes]:
     """The chunks of one frame, as a node sends them (`only`: these indices, as for a resend;
     `meta` a dict, or its JSON bytes as they are). The one encoder outside the node: test
     helpers, benchmarks and the vectors' generator use it."""
@@ -190,7 +179,7 @@ def encode_chunks(frame: bytes, frame_id: int, chunk_size: int = DEFAULT_CHUNK_S
         m, f = b"", flags
         if i == 0 and raw_meta:
             m, f = raw_meta, flags | FLAG_META
-        out.append(HEADER.pack(MAGIC, VERSION, f, frame_id, len(frame), crc, chunk_size, i,
+        out.append(HEADER.pack(MAGIC, version, f, frame_id, len(frame), crc, chunk_size, i,
                                count, len(m), 0)
                    + m + frame[i * chunk_size:(i + 1) * chunk_size])
     return out
@@ -222,174 +211,3 @@ def parse_topic(prefix: str, topic_name: str) -> tuple[str, str]:
         shown = node if len(node) <= 40 else node[:40] + f"... ({len(node)} chars)"
         raise TopicError(f"node id {shown!r} is not in the protocol's safe set")
     return node, kind
-
-
-# --- settings and commands ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting of protocol.json: `type` is int, bool or choice."""
-
-    name: str
-    type: str
-    default: Any
-    low: int = 0
-    high: int = 0
-    choices: tuple[str, ...] = ()
-
-
-SETTINGS: dict[str, Setting] = {
-    name: Setting(name, s["type"], s["default"], *s.get("range", (0, 0)),
-                  choices=tuple(s.get("choices", ())))
-    for name, s in SPEC["settings"].items()
-}
-FRAME_SIZES = SETTINGS["frame_size"].choices
-
-
-def new_command_id(tag: str = "cli") -> str:
-    return f"{tag}-{secrets.token_hex(6)}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON: true is no integer
-
-
-def _check_value(arg: str, spec: dict[str, Any], value: Any) -> Any:
-    """One value against its spec (an argument's or a setting's); raise CommandError."""
-    kind = spec["type"]
-    if kind == "int":
-        if not _is_int(value):
-            raise CommandError("bad_type", f"{arg} must be an integer, not {value!r}", arg)
-        low, high = spec["range"]
-        if not low <= value <= high:
-            raise CommandError("out_of_range", f"{arg} must be {low} ... {high}, not {value}", arg)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise CommandError("bad_type", f"{arg} must be true or false, not {value!r}", arg)
-    elif kind == "choice":
-        if not isinstance(value, str):
-            raise CommandError("bad_type", f"{arg} must be a string, not {value!r}", arg)
-        if value not in spec["choices"]:
-            raise CommandError("out_of_range", f"{arg} must be one of "
-                               f"{', '.join(spec['choices'])}, not {value[:32]!r}", arg)
-    elif kind == "int_list":
-        if not isinstance(value, list):
-            raise CommandError("bad_type", f"{arg} must be a list of integers", arg)
-        if not 1 <= len(value) <= spec["max_items"]:
-            raise CommandError("out_of_range", f"{arg} must hold 1 ... {spec['max_items']} "
-                                               "items", arg)
-        for item in value:
-            _check_value(arg, {"type": "int", "range": spec["range"]}, item)
-    elif kind == "settings":
-        if not isinstance(value, dict):
-            raise CommandError("bad_type", f"{arg} must be an object of settings", arg)
-        if not value:
-            raise CommandError("missing", f"{arg} needs at least one setting", arg)
-        return {name: check_setting(name, v) for name, v in value.items()}
-    else:
-        raise AssertionError(f"protocol.json: unknown type {kind!r}")
-    return value
-
-
-def check_setting(name: str, value: Any) -> Any:
-    if name not in SPEC["settings"]:
-        raise CommandError("unknown_setting", f"unknown setting {name[:32]!r}; known: "
-                                              f"{', '.join(SETTINGS)}", name)
-    return _check_value(name, SPEC["settings"][name], value)
-
-
-def check_command(doc: Any) -> dict[str, Any]:
-    """A command document as the node checks it: returns {"id", "cmd", "args"} with every
-    argument typed and defaulted, or raises CommandError with the rule (the node's `code`).
-    Keys that are not arguments of the command are ignored, as the protocol says."""
-    if not isinstance(doc, dict):
-        raise CommandError("not_object", "command must be a JSON object")
-    cmd_id = doc.get("id")
-    id_spec = _COMMANDS["id"]
-    if not isinstance(cmd_id, str) or not id_spec["min_len"] <= len(cmd_id) <= id_spec["max_len"]:
-        raise CommandError("bad_id", f"id must be a string of {id_spec['min_len']} to "
-                                     f"{id_spec['max_len']} characters")
-    cmd = doc.get("cmd")
-    if not isinstance(cmd, str):
-        raise CommandError("bad_cmd", "cmd must be a string")
-    if cmd not in COMMANDS:
-        raise CommandError("unknown_cmd", f"unknown command {cmd[:32]!r} (known: "
-                                          f"{', '.join(sorted(COMMANDS))})")
-    args: dict[str, Any] = {}
-    for arg, spec in _COMMANDS["names"][cmd].items():
-        if arg not in doc:
-            if spec.get("required"):
-                raise CommandError("missing", f"{cmd} needs {arg}", arg)
-            only_if = spec.get("only_if")
-            if "default" in spec and (only_if is None or args.get(only_if[0]) == only_if[1]):
-                args[arg] = spec["default"]
-            continue
-        only_if = spec.get("only_if")
-        if only_if is not None and args.get(only_if[0]) != only_if[1]:
-            raise CommandError("not_allowed", f"{arg} only applies to {only_if[0]} "
-                                              f"{only_if[1]}", arg)
-        args[arg] = _check_value(arg, spec, doc[arg])
-    return {"id": cmd_id, "cmd": cmd, "args": args}
-
-
-def parse_command(payload: bytes) -> dict[str, Any]:
-    """A command message as the node reads it (check_command after the size and JSON)."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError("too_long", f"command longer than {MAX_COMMAND_BYTES} bytes")
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CommandError("not_json", "command is not valid JSON") from None
-    return check_command(doc)
-
-
-def build_command(cmd: str, cmd_id: str | None = None, **args: Any) -> dict[str, Any]:
-    """A command document for the node, checked as the node will check it; None arguments are
-    left out. Raises CommandError for anything the node would refuse, and for arguments the
-    command does not take (a mistake of the caller's, which the node would ignore)."""
-    doc: dict[str, Any] = {"id": cmd_id or new_command_id(), "cmd": cmd}
-    doc.update({k: v for k, v in args.items() if v is not None})
-    check_command(doc)
-    unknown = set(doc) - {"id", "cmd"} - set(_COMMANDS["names"][cmd])
-    if unknown:
-        raise CommandError("not_allowed", f"{cmd} takes no {', '.join(sorted(unknown))}")
-    if len(encode_command(doc)) > MAX_COMMAND_BYTES:
-        raise CommandError("too_long", f"command is longer than {MAX_COMMAND_BYTES} bytes")
-    return doc
-
-
-def encode_command(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-# --- acks -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ack:
-    id: str | None
-    cmd: str | None
-    ok: bool
-    result: Any = None
-    error: str | None = None
-    code: str | None = None  # the refusal's rule, when the node refused the command
-
-
-def parse_ack(payload: bytes) -> Ack:
-    """Parse an ack; raise AckError if it is not the protocol's ack document."""
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise AckError("not_json", "ack is not UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise AckError("not_object", "ack must be a JSON object")
-    if not isinstance(doc.get("ok"), bool):
-        raise AckError("ok_not_bool", "ack must have a boolean 'ok'")
-    ack_id, cmd, error, code = doc.get("id"), doc.get("cmd"), doc.get("error"), doc.get("code")
-    return Ack(
-        id=ack_id if isinstance(ack_id, str) else None,
-        cmd=cmd if isinstance(cmd, str) else None,
-        ok=doc["ok"],
-        result=doc.get("result"),
-        error=str(error) if error is not None else None,
-        code=code if isinstance(code, str) else None,
-    )

@@ -52,3 +52,19 @@ class Outcome:
     newest: bool = True  # the node's newest frame (latest.jpg and the retained image follow)
     count: int | None = None  # the node's frames in the index afterwards
     again: bool = False  # stored by an earlier run, announced again by this one
+    counted: bool = False  # refused, and counted lost before (protocol v2: once per frame)
+    claimed_capture: float | None = None  # a capture time not believed (the node's clock ahead)
+    was_lost: bool = False  # counted lost before (its node dropped it) and stored after all
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Frames of one node recorded lost (protocol v2), per id: "new" (counted now),
+    "counted" (before), or "stored" (stored after all)."""
+
+    node: str
+    reason: str
+    verdicts: dict[int, str]
+
+    def ids(self, verdict: str) -> list[int]:
+        return sorted(f for f, v in self.verdicts.items() if v == verdict)

@@ -315,13 +315,14 @@ class Storage:
 
     def apply_retention(self, node: str, now: float | None = None) -> int:
         """Delete this node's oldest frames past max age or max bytes; keeps the newest one.
-        Returns the number deleted."""
+        Age is counted from when a frame was received: a node whose clock is far behind must
+        not have its frames deleted as they arrive. Returns the number deleted."""
         now = time.time() if now is None else now
         ret = self.retention
         if ret.max_age_days <= 0 and ret.max_bytes <= 0:
             return 0
         # Called for every stored frame: read only what may have to go (through the
-        # (node, taken_at) index), never the node's whole history, which grows to many
+        # (node, received_at) index), never the node's whole history, which grows to many
         # thousands of rows; a full scan made each store cost 100 ms at 100 000 rows.
         count, total = self.index.totals(node)
         if count <= 1:
@@ -333,7 +334,7 @@ class Storage:
         doomed = []
         # Oldest first, a few at a time: usually one frame goes, never the whole history read.
         for r in self.index.oldest_first(node, count - 1):
-            too_old = cutoff is not None and r["taken_at"] < cutoff
+            too_old = cutoff is not None and r["received_at"] < cutoff
             too_big = ret.max_bytes > 0 and total > ret.max_bytes
             if not (too_old or too_big):
                 break  # everything after this one is newer

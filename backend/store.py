@@ -18,7 +18,7 @@ from typing import Any
 from espcam.backend.config import Settings
 from espcam.backend.jpeg import JpegInfo, NotAJpeg, inspect_jpeg
 from espcam.backend.lanes import Job, Retry
-from espcam.backend.records import Frame, Outcome
+from espcam.backend.records import Frame, Losses, Outcome
 from espcam.backend.storage import Storage, StorageError, StorageRejected
 
 log = logging.getLogger("espcam.store")
@@ -56,11 +56,18 @@ class StorageHealth:
             return changed
 
 
-def capture_time(meta: dict[str, Any]) -> float | None:
-    """The capture time a node's metadata claims: unix seconds, or None (no clock set)."""
+def capture_time(meta: dict[str, Any], received_at: float,
+                 max_ahead: float) -> tuple[float | None, float | None]:
+    """(capture time to use, capture time claimed but not believed). A node's clock is
+    trusted when it is set and not ahead of the backend's by more than `max_ahead` seconds: a
+    frame dated in the future would otherwise stay the newest picture for ever. Earlier is
+    believed: a frame may have waited in the node's spool for days."""
     t = meta.get("t")
-    ok = isinstance(t, int | float) and not isinstance(t, bool) and 1e9 < t < 1e10
-    return float(t) if ok else None
+    if not (isinstance(t, int | float) and not isinstance(t, bool) and 1e9 < t < 1e10):
+        return None, None  # no clock set
+    if t > received_at + max_ahead:
+        return None, float(t)
+    return float(t), None
 
 
 class FrameStore:
@@ -78,17 +85,19 @@ class FrameStore:
                     checked.append(self.check(frame.data, self.settings.max_pixels,
                                               self.settings.max_scans))
                 except NotAJpeg as e:
-                    return Outcome(frame, refused=f"not stored: {e}", counter=e.counter)
+                    return self._refused(frame, f"not stored: {e}", e.counter)
             return self._store(frame, checked[0])
 
         return Job(run, len(frame.data), done, about=frame)
 
     def _store(self, frame: Frame, info: JpegInfo) -> Outcome:
         trigger = frame.meta.get("trigger")
+        captured, ignored = capture_time(frame.meta, frame.received_at,
+                                         self.settings.max_clock_ahead)
         try:
             stored = self.storage.store(
                 frame.node, frame.frame_id, frame.data, crc=frame.crc32,
-                received_at=frame.received_at, captured_at=capture_time(frame.meta),
+                received_at=frame.received_at, captured_at=captured,
                 width=info.width, height=info.height,
                 trigger=trigger[:32] if isinstance(trigger, str) else None)
         except StorageError as e:
@@ -99,8 +108,8 @@ class FrameStore:
         except StorageRejected as e:
             # Retrying cannot help (the index says it clashes with a stored frame): the next
             # frames are not held up behind it.
-            return Outcome(frame, refused=f"REJECTED by storage, not stored: {e}",
-                           counter="storage_rejected")
+            return self._refused(frame, f"REJECTED by storage, not stored: {e}",
+                                 "storage_rejected")
         self.health.ok()
         if stored is None:
             return Outcome(frame, duplicate=True)
@@ -109,17 +118,55 @@ class FrameStore:
             count = self.storage.count(stored.node)
         except sqlite3.Error:
             newest, count = True, None  # better a stale image than none
-        return Outcome(frame, stored=stored, newest=newest, count=count)
+        was_lost = False
+        if frame.version >= 2:
+            try:
+                # A node that slept or reset before its confirmation came said it lost the
+                # frame, which was on its way all along.
+                was_lost = self.storage.index.found(frame.node, frame.frame_id)
+            except sqlite3.Error:
+                pass
+        return Outcome(frame, stored=stored, newest=newest, count=count,
+                       claimed_capture=ignored, was_lost=was_lost)
 
-    def again_job(self, node: str, frame_id: int, crc: int,
+    def _refused(self, frame: Frame, why: str, counter: str) -> Outcome:
+        """A frame that can never be stored. A version 2 node holds it until confirmed, and
+        sends it again after a restart of ours: it is recorded, so it is counted lost once."""
+        counted = False
+        if frame.version >= 2:
+            try:
+                verdict = self.storage.index.count_lost(frame.node, [frame.frame_id], why[:200],
+                                                        time.time())[frame.frame_id]
+                counted = verdict != "new"
+            except sqlite3.Error as e:
+                log.error("cannot record frame %d of node %s as lost: %s", frame.frame_id,
+                          frame.node, e)
+        return Outcome(frame, refused=why, counter=counter, counted=counted)
+
+    def losses_job(self, node: str, frame_ids: list[int], reason: str,
+                   done: Callable[[Any], None]) -> Job:
+        """Frames a version 2 node could not keep (or that failed their check for good), each
+        recorded lost once: a Losses."""
+        def run() -> Losses:
+            try:
+                verdicts = self.storage.index.count_lost(node, frame_ids, reason[:200],
+                                                         time.time())
+            except sqlite3.Error as e:
+                raise Retry(self.settings.retry_interval, str(e)) from None
+            return Losses(node, reason, verdicts)
+
+        return Job(run, 0, done)
+
+    def again_job(self, node: str, frame_id: int, crc: int, version: int,
                   done: Callable[[Any], None]) -> Job:
-        """A frame an earlier run stored, read back to be announced (again)."""
+        """A frame an earlier run stored, read back to be announced (and confirmed) again."""
         def run() -> Outcome:
             stored = self.storage.index.get(node, frame_id, crc)
             if stored is None:  # deleted since (retention, forget): nothing to announce
-                return Outcome(Frame(node, frame_id, b"", crc, {}, 0.0), duplicate=True)
+                return Outcome(Frame(node, frame_id, b"", crc, {}, 0.0, version=version),
+                               duplicate=True)
             data = (self.storage.root / stored.path).read_bytes()
-            frame = Frame(node, frame_id, data, crc, {}, 0.0, stored.received_at)
+            frame = Frame(node, frame_id, data, crc, {}, 0.0, stored.received_at, version)
             return Outcome(frame, stored=stored, newest=self.storage.is_latest(node, stored.path),
                            count=self.storage.count(node), again=True)
 

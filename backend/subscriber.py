@@ -5,7 +5,8 @@ order a frame travels (docs/architecture.md):
     connection.py   the MQTT session and the inbox (messages in, results back)
     intake.py       topic routing, node ids, bounded JSON
     frames.py       ledger.py (seen before?) -> reassembly.py -> lanes.py running
-                    store.py (jpeg.py check, storage.py + index.py) -> announce.py
+                    store.py (jpeg.py check, storage.py + index.py) -> announce.py,
+                    confirm.py (version 2 nodes: which frames are done)
     nodes.py        availability, state, the backend's figures per node
     homeassistant.py discovery
 
@@ -26,6 +27,7 @@ from typing import Any
 from espcam.backend import discovery
 from espcam.backend.announce import Announcer
 from espcam.backend.config import Settings
+from espcam.backend.confirm import Confirmer
 from espcam.backend.connection import Connection, Inbox
 from espcam.backend.frames import FramePath
 from espcam.backend.homeassistant import HomeAssistant
@@ -62,7 +64,8 @@ class Backend:
         self.inbox = Inbox(QUEUE_SIZE, settings.max_queue_bytes)
         self.availability_topic = backend_topic(prefix, "availability")
         self.forget_topic = backend_topic(prefix, "forget")
-        topics = [f"{prefix}/+/{kind}" for kind in ("frame", "availability", "state", "ack")]
+        topics = [f"{prefix}/+/{kind}"
+                  for kind in ("frame", "availability", "state", "ack", "dropped")]
         topics.append(self.forget_topic)
         if settings.ha_discovery:
             topics.append(f"{settings.ha_prefix}/status")
@@ -72,6 +75,10 @@ class Backend:
         self.connected = self.connection.ready
         self.nodes = NodeBook(settings.max_nodes,
                               lambda n: (self.storage.count(n), self.storage.latest(n)))
+        try:
+            self.nodes.known([r["node"] for r in self.storage.nodes()])
+        except sqlite3.Error as e:
+            log.warning("cannot read the known nodes from the index: %s", e)
         self.ledger = Ledger(self.storage.index.recent_ids)
         self.reassembler = Reassembler(settings.limits())
         self.health = StorageHealth()
@@ -79,11 +86,12 @@ class Backend:
                            settings.max_pending_bytes)
         self.store = FrameStore(self.storage, settings, self.health, check)
         self.announcer = Announcer(prefix, self.storage.root, self.publish)
+        self.confirmer = Confirmer(prefix, self.publish)
         self.ha = (HomeAssistant(prefix, settings.ha_prefix,
                                  lambda t, p, r: self.publish(t, p, r, 1), self._known)
                    if settings.ha_discovery else None)
         self.frames = FramePath(prefix, self.ledger, self.reassembler, self.lanes, self.store,
-                                self.nodes, self.announcer, self.publish,
+                                self.nodes, self.announcer, self.confirmer, self.publish,
                                 self.connection.release,
                                 lambda r: self.inbox.put_result(("frame", r)),
                                 lambda: self.health.error is not None, self._warn)
@@ -96,6 +104,7 @@ class Backend:
         self._lock = threading.Lock()
         self._next_tick = 0.0
         self._next_status = 0.0
+        self._next_overdue = 0.0
         self._next_retention = 0.0  # the first tick applies retention: it also runs at start
         self._announced = 0  # connections whose discovery and reports went out
 
@@ -169,6 +178,8 @@ class Backend:
 
     def tick(self, now: float) -> None:
         self.frames.tick(now)
+        self.reassembler.losses.flush()
+        self.reassembler.let_go.flush()
         ready = self.connected.is_set()
         if ready and self._announced != self.connection.connections:
             # A new connection: everyone's discovery and reports again (a broker that lost
@@ -179,7 +190,13 @@ class Backend:
             if self.ha:
                 self.ha.announce_all()
             self._next_status = 0.0
+        if now >= self._next_overdue:
+            self._next_overdue = now + 5.0
+            self.nodes.check_overdue(time.time())
         if ready:
+            if self.ha:
+                self.ha.tick(now)
+            self.confirmer.flush()
             self.announcer.reports(self.nodes)
         if self.health.take_change():
             self._next_status = 0.0
@@ -234,6 +251,7 @@ class Backend:
         else:
             self.publish(discovery.discovery_topic(self.settings.ha_prefix, node), b"", True)
         self.announcer.forget(node)
+        self.confirmer.forget(node)
         self.frames.forget(node)
         self.nodes.forget(node)
 
@@ -264,7 +282,7 @@ class Backend:
     def _status(self) -> dict[str, Any]:
         counters = Counter(self.counters)
         for stage in (self.intake, self.frames, self.ledger, self.nodes, self.lanes,
-                      self.reassembler):
+                      self.reassembler, self.confirmer):
             counters.update(stage.counters)
         if self.connection.oversize:
             counters["oversize_messages"] = self.connection.oversize
@@ -312,6 +330,7 @@ class Backend:
                 self.counters["frames_lost_storage"] += 1
                 log.error("LOST frame %d of node %s: not stored when the backend stopped "
                           "(%s); %s", frame.frame_id, frame.node, self.health.error, note)
+            self.reassembler.losses.flush()
             self.reassembler.drop_all(f"incomplete when the backend stopped; {note}")
             self.storage.close()
 

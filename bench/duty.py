@@ -105,11 +105,15 @@ def run(quick: bool) -> dict[str, Any]:
     # "relay": through the simulator's LinkProxy (SimNode's default, for Wi-Fi loss tests),
     # which sets TCP_NODELAY on both its sockets since a057350; "relay_nagle": the same relay
     # with that undone (its `_no_delay` made a no-op in this process), as it was before.
+    from confirmer import Confirmer  # tests/confirmer.py: the backend's part of protocol v2
     from espcam.sim import linkproxy
 
     for mode in ("direct", "relay", "relay_nagle"):
         d = work / mode
         broker = Broker(d / "broker").start()
+        # Confirms each frame as it arrives, as the backend does once it has stored it: a node
+        # with awake 0 sleeps before the confirmation and finds it queued at its next wake.
+        confirmer = Confirmer(broker.host, broker.port, auto=True)
         no_delay = linkproxy._no_delay
         if mode == "relay_nagle":
             linkproxy._no_delay = lambda s: None
@@ -125,6 +129,7 @@ def run(quick: bool) -> dict[str, Any]:
             measured[mode] = sections(node.log())
         finally:
             linkproxy._no_delay = no_delay
+            confirmer.close()
             broker.stop()
     awake, parts, nwakes = measured["direct"]
     p_awake, p_parts, _ = measured["relay"]
@@ -157,6 +162,10 @@ def run(quick: bool) -> dict[str, Any]:
             f"sockets) and with its TCP_NODELAY undone (Nagle on, as before a057350):\n\n"
             + table(["section", "ms", "share", "ms before", "ms via sim relay",
                      "via sim relay, Nagle on"], rows)
+            + "\n\nA frame is confirmed (tests/confirmer.py, as the backend does once it has "
+            "stored it); with `awake` 0 the node sleeps before the confirmation and finds it "
+            "queued at its next wake, and with more it sleeps as soon as the confirmation "
+            "arrives, so the `awake` rows below are the longest such a wake can take."
             + f"\n\nEstimated battery life at one frame every {PERIOD // 60} min "
             f"(awake {ACTIVE_MA:.0f} mA, deep sleep {SLEEP_MA:g} mA stock / "
             f"{SLEEP_MA_MOD:g} mA modified board, {BATTERY_MAH_5V:.0f} mAh at 5 V; the "

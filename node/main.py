@@ -14,7 +14,8 @@ if not safe:
     # garbage below the new bytecode, and bytecode placed among that garbage splits the free
     # heap into pieces too small for a frame (the module driver needs one block of a JPEG's
     # size). Compiled .mpy files (espcam deploy) skip the compiler; this costs them nothing.
-    for m in ("protocol", "hw", "config", "commands", "mqtt", "frames", "link", "app"):
+    for m in ("protocol", "hw", "config", "commands", "mqtt", "frames", "spool", "link", "outbox",
+              "power", "loop", "app"):
         __import__("espcam." + m)
         gc.collect()
     from espcam import app

@@ -153,8 +153,6 @@ class SimNode:
         """The node's current (or last) MicroPython process."""
         return self.chip.proc
 
-    _proc = process  # the name tests/test_node_sim.py reads it by
-
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> SimNode:
@@ -218,6 +216,20 @@ class SimNode:
     def pir_high(self, high: bool = True) -> None:
         """Every input pin (the PIR's output) reads 1: a level-high ext0 wake fires at once."""
         self._ctl_flag("pir_high", high)
+
+    @property
+    def card(self) -> Path:
+        """The simulated microSD card: what the node sees at /sd."""
+        return self.dir / "sd"
+
+    def cut_power_in_sd_write(self, timeout: float = 30.0) -> None:
+        """A power cut in the middle of the node's next write of a frame to its SD spool: the
+        card stand-in writes half of it, stops the node there, and the power goes."""
+        frozen = self.ctl / "sd_frozen"
+        frozen.unlink(missing_ok=True)
+        (self.ctl / "sd_cut").touch()
+        self.wait_for(frozen.exists, timeout, "the node's write to its card")
+        self.kill()
 
     def _ctl_flag(self, name: str, on: bool) -> None:
         p = self.ctl / name

@@ -42,8 +42,14 @@ class LightNode:
         chunk_size: int = 1024,
         first_frame_id: int = 1,
         hold: int = 1,
+        proto: int = 1,
+        confirm_timeout: float = 5.0,
     ) -> None:
-        """`hold`: how many of its latest frames the node can resend (a real node: 1)."""
+        """`hold`: how many of its latest frames the node can resend (a version 1 node: 1).
+        `proto` 2: a version 2 node, which keeps every frame until the backend confirms it
+        (up to `hold` frames, dropping the oldest with a `dropped` message past that), and
+        sends what it holds again after each reconnection, and whatever stays unconfirmed
+        `confirm_timeout` seconds after it was sent."""
         self.host, self.port, self.node, self.prefix = host, port, node_id, prefix
         self.chunk_size = chunk_size
         self.next_frame_id = first_frame_id
@@ -55,6 +61,13 @@ class LightNode:
         self.refuse: dict[str, str] = {}  # cmd -> error text to answer with
         self.capture_source: Callable[[int], bytes] = lambda fid: make_jpeg(seed=fid)
         self.hold = hold
+        self.proto = proto
+        self.confirmed: dict[int, str] = {}  # frame id -> "stored" / "lost", from `confirm`
+        self.dropped_sent: list[dict[str, Any]] = []
+        self.confirm_timeout = confirm_timeout
+        self._sent_at: dict[int, float] = {}
+        self._connections = 0
+        self._stopped = threading.Event()
         # The latest `hold` frames' chunks, for resends: frame id -> chunks.
         self.history: OrderedDict[int, list[bytes]] = OrderedDict()
         # Merged over the state document, e.g. {"frame": None, "reset_cause": "power_on"}.
@@ -77,15 +90,56 @@ class LightNode:
         self.client.loop_start()
         if not self.connected.wait(timeout):
             raise TimeoutError(f"light node {self.node} could not connect")
+        if self.proto >= 2:
+            self._stopped.clear()
+            threading.Thread(target=self._resend_timer, daemon=True).start()
         return self
+
+    def _resend_timer(self) -> None:
+        while not self._stopped.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                due = [f for f in self.history if now - self._sent_at.get(f, now)
+                       >= self.confirm_timeout]
+            if due and self.client.is_connected():
+                self.resend_unconfirmed(due)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
         client.subscribe(self.t("cmd"), qos=1)
+        if self.proto >= 2:
+            client.subscribe(self.t("confirm"), qos=1)
         client.publish(self.t("availability"), "online", qos=1, retain=True)
         self.publish_state()
+        self._connections += 1
+        if self.proto >= 2 and self._connections > 1:
+            # As a version 2 node: what it holds goes again, once the confirmations waiting
+            # for it have come in.
+            threading.Timer(1.0, self.resend_unconfirmed).start()
         self.connected.set()
+
+    def resend_unconfirmed(self, only: list[int] | None = None) -> int:
+        """Send held frames again (flags bit 1), all or `only`; returns how many."""
+        with self._lock:
+            held = [(f, c) for f, c in self.history.items() if only is None or f in only]
+            for f, _ in held:
+                self._sent_at[f] = time.monotonic()
+        for _, chunks in held:
+            for n, c in enumerate(chunks):
+                b = bytearray(c)
+                b[3] |= 2
+                self.client.publish(self.t("frame"), bytes(b),
+                                    qos=1 if n == len(chunks) - 1 else 0)
+        return len(held)
+
+    def _on_confirm(self, payload: bytes) -> None:
+        doc = json.loads(payload) if payload else {}
+        with self._lock:
+            for verdict in ("stored", "lost"):
+                for fid in doc.get(verdict, []):
+                    self.confirmed[fid] = verdict
+                    self.history.pop(fid, None)
 
     @property
     def held(self) -> tuple[int, list[bytes]] | None:
@@ -103,11 +157,20 @@ class LightNode:
                 return
             self.history[value[0]] = value[1]
             self.history.move_to_end(value[0])
+            gone = []
             while len(self.history) > self.hold:
-                self.history.popitem(last=False)
+                gone.append(self.history.popitem(last=False)[0])
+        if gone and self.proto >= 2:
+            self.drop(gone, "spool full")
+
+    def drop(self, frame_ids: list[int], reason: str) -> None:
+        """Say that these frames are no longer kept (`dropped`, version 2)."""
+        doc = {"frames": frame_ids, "reason": reason}
+        self.dropped_sent.append(doc)
+        self.client.publish(self.t("dropped"), json.dumps(doc), qos=1)
 
     def state_doc(self) -> dict[str, Any]:
-        return {"proto": 1, "node": self.node, "app": "lightnode", "fw": "cpython",
+        return {"proto": self.proto, "node": self.node, "app": "lightnode", "fw": "cpython",
                 "driver": "fake", "frame": self.next_frame_id - 1, "camera": "ok",
                 "reset_cause": "soft", "chunk_size": self.chunk_size, "sleep_until": None,
                 "settings": dict(self.settings)} | self.state_overrides
@@ -123,6 +186,7 @@ class LightNode:
         self.stop()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
@@ -151,7 +215,7 @@ class LightNode:
         if meta is None:
             meta = {"t": time.time(), "up": 1000, "trigger": trigger, "fs": "QQVGA", "q": 80,
                     "wake": "none"}
-        chunks = encode_chunks(jpeg, frame_id, self.chunk_size, meta)
+        chunks = encode_chunks(jpeg, frame_id, self.chunk_size, meta, version=self.proto)
         skip, corrupt = set(skip), set(corrupt)
         sent = []
         for i, c in enumerate(chunks):
@@ -161,6 +225,7 @@ class LightNode:
                 c = bytes(b)
             sent.append(c)
         self.held = (frame_id, sent if corrupt_held else chunks)
+        self._sent_at[frame_id] = time.monotonic()
         info = None
         for i, c in enumerate(sent):
             if i in skip:
@@ -181,6 +246,9 @@ class LightNode:
         self.client.publish(self.t("ack"), json.dumps(doc), qos=1)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.t("confirm"):
+            self._on_confirm(msg.payload)
+            return
         try:
             doc = json.loads(msg.payload)
             if not isinstance(doc, dict):

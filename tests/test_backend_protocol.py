@@ -7,20 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
-from espcam.backend.protocol import (
-    SPEC,
+from espcam.backend.documents import (
     AckError,
-    ChunkError,
     CommandError,
-    TopicError,
+    DocumentError,
     build_command,
-    decode_chunk,
     encode_command,
+    encode_confirm,
     parse_ack,
     parse_command,
-    parse_topic,
-    topic,
+    parse_confirm,
+    parse_dropped,
 )
+from espcam.backend.protocol import SPEC, ChunkError, TopicError, decode_chunk, parse_topic, topic
 from espcam.backend.reassembly import Reassembler
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
@@ -155,3 +154,38 @@ def test_acks_parse_and_junk_acks_are_refused():
     for junk in (b"", b"\xff", b"[]", b'{"id": "x"}', b'{"ok": "yes"}'):
         with pytest.raises(ValueError):
             parse_ack(junk)
+
+
+CONFIRM = json.loads((VECTORS_DIR / "confirm.json").read_text())
+
+
+@pytest.mark.parametrize("case", CONFIRM["confirm"]["valid"], ids=lambda c: c["name"])
+def test_valid_confirm_vector_names_its_frames(case):
+    assert parse_confirm(case["payload"].encode()) == (case["stored"], case["lost"])
+    # What the backend writes reads back the same.
+    assert parse_confirm(encode_confirm(case["stored"], case["lost"])) == (
+        case["stored"], case["lost"])
+
+
+@pytest.mark.parametrize("case", CONFIRM["confirm"]["invalid"], ids=lambda c: c["name"])
+def test_invalid_confirm_vector_is_refused_for_its_rule(case):
+    with pytest.raises(DocumentError) as e:
+        parse_confirm(case["payload"].encode())
+    assert e.value.rule == case["rule"]
+
+
+@pytest.mark.parametrize("case", CONFIRM["dropped"]["valid"], ids=lambda c: c["name"])
+def test_valid_dropped_vector_names_its_frames_and_reason(case):
+    assert parse_dropped(case["payload"].encode()) == (case["frames"], case["reason"])
+
+
+@pytest.mark.parametrize("case", CONFIRM["dropped"]["invalid"], ids=lambda c: c["name"])
+def test_invalid_dropped_vector_is_refused_for_its_rule(case):
+    with pytest.raises(DocumentError) as e:
+        parse_dropped(case["payload"].encode())
+    assert e.value.rule == case["rule"]
+
+
+def test_every_refusal_of_the_version_2_documents_has_a_vector():
+    assert {c["rule"] for c in CONFIRM["confirm"]["invalid"]} == set(SPEC["refusals"]["confirm"])
+    assert {c["rule"] for c in CONFIRM["dropped"]["invalid"]} == set(SPEC["refusals"]["dropped"])

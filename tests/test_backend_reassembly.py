@@ -19,9 +19,11 @@ from espcam.backend.reassembly import FrameRejected, Limits, Reassembler  # noqa
 from lightnode import encode_chunks, make_jpeg  # noqa: E402
 
 
-def chunks_of(data: bytes, frame_id: int = 1, chunk_size: int = 256, meta=None):
+def chunks_of(data: bytes, frame_id: int = 1, chunk_size: int = 256, meta=None, version=1):
+    """A version 1 node's chunks unless asked: its frames given up are lost."""
     return [decode_chunk(c) for c in encode_chunks(data, frame_id, chunk_size,
-                                                   meta or {"trigger": "boot"})]
+                                                   meta or {"trigger": "boot"},
+                                                   version=version)]
 
 
 def feed(r: Reassembler, node: str, chunks, now: float = 0.0, ledger: Ledger | None = None):
@@ -70,7 +72,7 @@ def test_same_frame_id_on_two_nodes_is_two_frames():
 
 
 def corrupted(data: bytes, frame_id: int, index: int = 1):
-    raw = encode_chunks(data, frame_id, 256, None)
+    raw = encode_chunks(data, frame_id, 256, None, version=1)
     bad = bytearray(raw[index])
     bad[-1] ^= 1
     raw[index] = bytes(bad)
@@ -261,3 +263,14 @@ def test_node_saying_no_longer_held_means_lost_and_old_frames_expire():
     r.add("cam-1", chunks_of(make_jpeg(seed=9), 3)[0], 0.0)
     _, lost = r.tick(11.0)
     assert [x.frame_id for x in lost] == [3]
+
+
+def test_a_version_2_frame_given_up_incomplete_is_let_go_not_lost():
+    # Its node keeps it until the backend confirms it, and sends it again.
+    r = Reassembler(Limits(resend_after=1.0, resend_tries=1, max_age=100))
+    cs = chunks_of(make_jpeg(seed=6), 4, version=2)
+    feed(r, "cam-1", cs[:-1], now=0.0)
+    r.tick(1.0)
+    _, lost = r.tick(2.0)
+    assert [(x.frame_id, x.version) for x in lost] == [(4, 2)]
+    assert r.counters["frames_let_go"] == 1 and r.counters["frames_lost"] == 0

@@ -142,17 +142,18 @@ def test_closing_returns_what_could_not_be_done():
 LAYERS = [
     {"names", "records", "ratelog"},
     {"protocol", "jpeg"},
-    {"index", "reassembly", "ledger"},
+    {"documents", "index", "reassembly", "ledger"},
     {"storage"},
     {"config", "lanes"},
     {"store", "session", "discovery", "nodes"},
-    {"homeassistant", "announce", "connection"},
+    {"homeassistant", "announce", "confirm", "connection"},
     {"frames"},
     {"intake"},
     {"subscriber"},
     {"cli", "commands", "forget", "health", "brokerusers"},
 ]
-MQTT_FREE = {"names", "records", "ratelog", "protocol", "jpeg", "index", "reassembly", "ledger",
+MQTT_FREE = {"names", "records", "ratelog", "protocol", "documents", "jpeg", "index",
+             "reassembly", "ledger",
              "storage", "config", "lanes", "store", "nodes", "discovery"}
 
 

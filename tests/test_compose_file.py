@@ -18,6 +18,7 @@ from espcam.backend.brokerusers import (  # noqa: E402
     HEALTH_USER,
     SERVICE_USERS,
 )
+from espcam.backend.protocol import SPEC  # noqa: E402
 
 
 def conf_settings(path: Path) -> dict[str, list[str]]:
@@ -92,9 +93,11 @@ def test_acl_names_the_users_broker_users_makes_and_confines_nodes_by_user_name(
     assert users == list(SERVICE_USERS)
     patterns = re.findall(r"^pattern (\w+) (\S+)$", acl, re.M)
     assert patterns and all("espcam/%u/" in t for _, t in patterns)
-    assert ("read", "espcam/%u/cmd") in patterns
+    # Exactly what the protocol lets a node publish, and read: its commands and confirmations.
+    topics = SPEC["topics"]
     assert {t.rsplit("/", 1)[1] for a, t in patterns if a == "write"} == {
-        "availability", "state", "frame", "ack"}
+        k for k, v in topics.items() if v["from"] == "node"}
+    assert {t.rsplit("/", 1)[1] for a, t in patterns if a == "read"} == {"cmd", "confirm"}
 
 
 def test_backend_runs_espcam_serve_configured_by_environment_with_a_healthcheck():

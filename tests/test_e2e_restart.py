@@ -6,7 +6,6 @@ nodes publish while it is down is delivered when it returns."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,12 +22,12 @@ from e2e_helpers import (  # noqa: E402
     wait_until,
 )
 from espcam.sim.runner import Simulator  # noqa: E402
+from lostlog import lost_ids  # noqa: E402
 
 
 def logged_lost(serve, node: str) -> set[int]:
-    """Frame ids of the node that the backend's log says it gave up (`LOST frame N of node`)."""
-    return {int(m.group(1)) for m in re.finditer(rf"LOST frame (\d+) of node {node}:",
-                                                  serve.log_text())}
+    """Frame ids of the node that the backend's log says it gave up."""
+    return lost_ids(serve.log_text(), node)
 
 
 def test_sigkill_and_restart_loses_no_frame_captured_while_the_backend_was_down(

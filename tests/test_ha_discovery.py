@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from broker import Broker  # noqa: E402
 from espcam.backend.config import Settings  # noqa: E402
-from espcam.backend.protocol import SETTINGS, build_command  # noqa: E402
+from espcam.backend.documents import SETTINGS, build_command  # noqa: E402
 from espcam.backend.subscriber import Backend  # noqa: E402
 from hass import (  # noqa: E402
     ABBREVIATIONS,
@@ -287,19 +287,34 @@ def test_flash_light_reads_the_nodes_state_document(doc):
     (b"garbage", False), (b"Online", False), (None, False)])
 def test_node_availability_is_online_or_sleeping_and_nothing_else(doc, payload, shown):
     comps = components(doc)
+    # The backend's report on the node is retained: Home Assistant has it from the start.
     backend_online = ("espcam/_backend/availability", b"online")
+    report = (f"espcam/_backend/nodes/{NODE}", b'{"frames_stored": 3, "available": "online"}')
     node_topic = f"espcam/{NODE}/availability"
     heard = [] if payload is None else [(node_topic, payload)]
     for key in ("camera", "capture", "flash", "interval", "rssi"):
-        assert availability(comps[key], [backend_online, *heard]) is shown, key
+        assert availability(comps[key], [backend_online, report, *heard]) is shown, key
         # The same payload after the node was online: it decides, nothing is left over.
-        after_online = [backend_online, (node_topic, b"online"), *heard]
+        after_online = [backend_online, report, (node_topic, b"online"), *heard]
         assert availability(comps[key], after_online) is (shown or payload is None), key
     # The backend's own figures follow the backend only.
     for key in ("last_capture", "frames_stored", "frames_lost"):
         assert availability(comps[key], [backend_online, *heard]), key
         assert not availability(comps[key], [backend_online, *heard, (
             "espcam/_backend/availability", b"offline")]), key
+
+
+def test_a_node_the_backend_finds_overdue_is_unavailable_though_it_said_sleeping(doc):
+    comps = components(doc)
+    heard = [("espcam/_backend/availability", b"online"),
+             (f"espcam/{NODE}/availability", b"sleeping")]
+    overdue = (f"espcam/_backend/nodes/{NODE}", b'{"available": "offline"}')
+    back = (f"espcam/_backend/nodes/{NODE}", b'{"available": "online"}')
+    for key in ("camera", "capture", "rssi"):
+        assert not availability(comps[key], [*heard, overdue]), key
+        assert availability(comps[key], [*heard, overdue, back]), key
+    # The backend's own figures stay: they are the backend's, true whatever the node does.
+    assert availability(comps["frames_stored"], [*heard, overdue])
 
 
 # -- over time --------------------------------------------------------------------------------

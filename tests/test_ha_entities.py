@@ -103,6 +103,7 @@ def test_availability_online_sleeping_offline_and_backend_down(make_node, settin
         node = make_node(NODE)
         ha = HomeAssistant(everything, NODE)
         everything.topic(f"espcam/{NODE}/availability", payload=b"online")
+        everything.topic(f"espcam/_backend/nodes/{NODE}")  # retained: Home Assistant has it
         assert ha.available("camera") and ha.available("capture")
 
         # Sleeping: still available (the picture stays, commands are queued for the wake).

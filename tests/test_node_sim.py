@@ -46,7 +46,9 @@ def command_state(observer, cmd: dict, node="cam-1", timeout=30) -> tuple[dict, 
 def test_birth_and_retained_state(broker, observer, make_node):
     node = make_node("cam-1")
     state = birth_state(observer)
-    assert state["proto"] == 1 and state["node"] == "cam-1"
+    assert state["proto"] == 2 and state["node"] == "cam-1"
+    assert state["spool"] == {"kind": "ram", "frames": 0, "bytes": 0, "budget": 1_500_000,
+                              "dropped": 0}
     assert state["reset_cause"] == "power_on"
     assert state["settings"]["frame_size"] == "VGA"
     for key in ("app", "fw", "ip", "rssi", "heap_free", "uptime", "mac", "camera"):

@@ -45,7 +45,7 @@ def wrap_send():
         finally:
             ACK[0] += time.ticks_diff(time.ticks_us(), t)
 
-    def send(self, mq, frame, only=None, feed=None):
+    def send(self, mq, frame, only=None, feed=None, resent=False):
         ACK[0] = 0
         FEED[0] = 0
         timed_feed = None
@@ -56,7 +56,7 @@ def wrap_send():
                 FEED[0] += time.ticks_diff(time.ticks_us(), t)
         t = time.ticks_us()
         try:
-            return f(self, mq, frame, only, timed_feed)
+            return f(self, mq, frame, only, timed_feed, resent)
         finally:
             _report("publish", t, ACK[0] + FEED[0])
             print("bench:", "ack_wait", 0, ACK[0])

@@ -1,7 +1,9 @@
 # Host stand-in for the `machine` module of MicroPython's ESP32 port, for the simulator.
 # Per-node state lives in $ESPCAM_SIM_DIR: boot.json (reset cause and wake reason of this boot,
 # written by the runner), pins.json (levels of output pins), rtc.bin (RTC memory), wdt.json and
-# wdt (watchdog timeout and heartbeat), ctl/ (injected events), exit.json (why the chip stopped).
+# wdt (watchdog timeout and heartbeat), ctl/ (injected events), exit.json (why the chip stopped),
+# sd/ (the microSD card's files).
+import errno
 import json
 import os
 import time
@@ -256,3 +258,106 @@ class WDT:
 
 def time_pulse_us(pin, level, timeout_us=1000000):
     return -2
+
+
+class SDCard:
+    # The ESP32 port's SD card host: slot 1 is the SDMMC host (1 or 4 data lines, pins fixed),
+    # slots 2 and 3 are SPI (1 line). The card is the folder <ESPCAM_SIM_DIR>/sd. The board's
+    # SDCard is a block device on which vfs.mount() finds FAT; this one is the mounted
+    # filesystem itself (vfs.mount() takes any object with the filesystem methods), so that
+    # vfs.mount(SDCard(slot=1, width=1), "/sd") makes /sd that folder, the same call as on the
+    # board. Nothing here is deployed.
+    # ctl/sd_missing: no card in the slot (the mount fails as the board's does, ETIMEDOUT).
+    # ctl/sd_cut: the next large write to a .tmp file stops half way, as if the power went then;
+    # the board freezes at that instant (SIGSTOP) and writes ctl/sd_frozen, and the test cuts
+    # the power (SimNode.kill()), so the cut lands in the write every time.
+    def __init__(self, slot=1, width=1, cd=None, wp=None, sck=None, miso=None, mosi=None,
+                 cs=None, freq=20000000):
+        if slot not in (1, 2, 3):
+            raise ValueError("invalid slot")
+        if width not in ((1, 4) if slot == 1 else (1,)):
+            raise ValueError("invalid width")
+        self._root = _sb.path("sd")
+
+    def _p(self, path):
+        return self._root + path
+
+    def mount(self, readonly, mkfs):
+        if _sb.ctl("sd_missing"):
+            raise OSError(errno.ETIMEDOUT)
+        _sb.mkdir(self._root)
+
+    def umount(self):
+        pass
+
+    def deinit(self):
+        pass
+
+    def info(self):
+        st = os.statvfs(self._root)
+        return (st[1] * st[2], 512)
+
+    def open(self, path, mode="r"):
+        f = open(self._p(path), mode)
+        if "w" in mode and path.endswith(".tmp") and _sb.ctl("sd_cut"):
+            return _CutFile(f)
+        return f
+
+    def ilistdir(self, path="/"):
+        return os.ilistdir(self._p(path))
+
+    def stat(self, path):
+        return os.stat(self._p(path))
+
+    def statvfs(self, path):
+        return os.statvfs(self._p(path))
+
+    def mkdir(self, path):
+        os.mkdir(self._p(path))
+
+    def rmdir(self, path):
+        os.rmdir(self._p(path))
+
+    def remove(self, path):
+        os.remove(self._p(path))
+
+    def rename(self, old, new):
+        os.rename(self._p(old), self._p(new))
+
+    def chdir(self, path):
+        raise OSError(errno.EPERM)   # the app never changes into the card
+
+    def getcwd(self):
+        return "/"
+
+
+class _CutFile:
+    # A file on the card whose first write of a frame's size stops half way, the board frozen
+    # right after it (see SDCard).
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, buf):
+        mv = memoryview(buf)
+        if len(mv) < 1024:
+            return self._f.write(mv)
+        n = len(mv) // 2
+        self._f.write(mv[:n])
+        self._f.flush()
+        _sb.take_ctl("sd_cut")
+        with open(_sb.path("ctl", "sd_frozen"), "w") as f:
+            f.write(str(n))
+        os.system("kill -STOP $PPID")
+        return n
+
+    def close(self):
+        self._f.close()
+
+    def flush(self):
+        self._f.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()

@@ -5,7 +5,7 @@ import json
 import struct
 import sys
 
-from espcam import commands, config, frames, mqtt, protocol
+from espcam import commands, config, frames, mqtt, protocol, receiver, spool
 
 with open(sys.argv[1]) as f:
     spec = json.loads(f.read())
@@ -33,6 +33,7 @@ def same(what, node, want):
 
 chunk = spec["chunk"]
 same("protocol version", protocol.PROTO, spec["protocol"])
+same("versions read", protocol.ACCEPTS, spec["accepts"])
 fmt = ">" if chunk["byte_order"] == "big" else "<"
 for field in chunk["header"]:
     fmt += field[1]
@@ -76,4 +77,27 @@ for name in commands.COMMANDS:
 same("setting names", sorted(config.SETTINGS), sorted(spec["settings"]))
 for name in config.SETTINGS:
     same("setting %s" % name, config.SETTINGS[name], spec["settings"].get(name))
+
+# Version 2: the spool's topics, documents and limits.
+topics = spec["topics"]
+same("topic dropped", {"from": "node", "qos": protocol.DROPPED_QOS, "retain": False},
+     {"from": topics["dropped"]["from"], "qos": topics["dropped"]["qos"],
+      "retain": topics["dropped"]["retain"]})
+same("topic confirm", {"from": "backend", "qos": protocol.CONFIRM_QOS},
+     {"from": topics["confirm"]["from"], "qos": topics["confirm"]["qos"]})
+conf = spec["confirm"]
+same("confirm", {"lists": spool.CONFIRM_LISTS, "max_ids": spool.MAX_IDS,
+                 "max_bytes": spool.MAX_BYTES},
+     {"lists": conf["lists"], "max_ids": conf["max_ids"], "max_bytes": conf["max_bytes"]})
+drop = spec["dropped"]
+same("dropped", {"max_ids": [spool.MAX_IDS, receiver.MAX_DROPPED_IDS],
+                 "max_reason": [spool.MAX_REASON, receiver.MAX_DROPPED_REASON],
+                 "max_bytes": receiver.MAX_DROPPED_BYTES},
+     {"max_ids": [drop["max_ids"]] * 2, "max_reason": [drop["max_reason"]] * 2,
+      "max_bytes": drop["max_bytes"]})
+# The reasons protocol.json names are the node's, in its order; the node may give more.
+same("dropped reasons", spool.REASONS[:len(drop["reasons"])], drop["reasons"])
+for r in spool.REASONS[len(drop["reasons"]):]:
+    print("extra dropped reason:", r)
+same("spool kinds", sorted(config.SPOOL_BYTES), sorted(spec["state"]["spool_kinds"]))
 print("done")

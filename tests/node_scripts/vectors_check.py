@@ -5,7 +5,7 @@ import binascii
 import json
 import sys
 
-from espcam import commands, frames, protocol, receiver
+from espcam import commands, frames, protocol, receiver, spool
 from mqttsink import MessageSink
 
 folder = sys.argv[1]
@@ -23,6 +23,16 @@ def report(kind, name, why):
 doc = load("chunks.json")
 for case in doc["valid"]:
     name = case["name"]
+    if case.get("version", protocol.PROTO) != protocol.PROTO:
+        # An older node's chunks: the node does not make them, a receiver reads them.
+        why = None
+        try:
+            for h in case["chunks_hex"]:
+                receiver.unpack_header(binascii.unhexlify(h))
+        except ValueError as e:
+            why = "refused: %s" % e
+        report("chunks", name, why)
+        continue
     frame = binascii.unhexlify(case["frame_hex"])
     mb = case["meta_json"].encode() if case["meta_json"] else b""
     fr = frames.Frame(case["frame_id"], frame, mb)
@@ -104,4 +114,57 @@ for case in doc["valid"]:
                        want.get("code"))
     why = None if json.loads(json.dumps(ack)) == want else "built %r" % (ack,)
     report("acks", case["name"], why)
+
+# confirm documents are the node's to read: every valid one to its stored and lost ids, every
+# invalid one refused for its rule.
+doc = load("confirm.json")
+for case in doc["confirm"]["valid"]:
+    try:
+        got = spool.parse_confirm(case["payload"].encode())
+        why = None if got == (case["stored"], case["lost"]) else "read as %r" % (got,)
+    except ValueError as e:
+        why = "refused: %s" % e
+    report("confirm", case["name"], why)
+for case in doc["confirm"]["invalid"]:
+    try:
+        spool.parse_confirm(case["payload"].encode())
+        why = "accepted"
+    except ValueError as e:
+        r = receiver.rule(e)
+        why = None if r == case["rule"] else "refused for %s (%s), not %s" % (r, e, case["rule"])
+    report("confirm", case["name"], why)
+
+# dropped documents are the node's to write: the one it builds from each valid vector's frames
+# and reason is that vector, and reads back by the rules the invalid ones break.
+for case in doc["dropped"]["valid"]:
+    built = spool.dropped_doc(case["frames"], case["reason"])
+    why = None
+    if json.loads(built) != json.loads(case["payload"]):
+        why = "built %s" % built
+    else:
+        try:
+            if receiver.parse_dropped(built) != (case["frames"], case["reason"]):
+                why = "read back differently"
+        except ValueError as e:
+            why = "refused: %s" % e
+    report("dropped", case["name"], why)
+for case in doc["dropped"]["invalid"]:
+    try:
+        receiver.parse_dropped(case["payload"].encode())
+        why = "accepted"
+    except ValueError as e:
+        r = receiver.rule(e)
+        why = None if r == case["rule"] else "refused for %s (%s), not %s" % (r, e, case["rule"])
+    report("dropped", case["name"], why)
+
+# Every reason the node gives fits a dropped document, with the most ids of the most digits:
+# every message the node publishes for its tombstones is valid.
+for i in range(len(spool.REASONS)):
+    ids = list(range(protocol.MAX_FRAME_ID - spool.MAX_IDS + 1, protocol.MAX_FRAME_ID + 1))
+    try:
+        receiver.parse_dropped(spool.dropped_doc(ids, spool.REASONS[i]).encode())
+        why = None
+    except ValueError as e:
+        why = "refused: %s" % e
+    report("dropped", "reason %d" % i, why)
 print("done")

@@ -20,8 +20,9 @@ def frame_bytes(n: int, seed: int) -> bytes:
     return bytes((i * 31 + seed) & 0xFF for i in range(n))
 
 
-def chunks(frame: bytes, frame_id: int, chunk_size: int, meta: dict | None, flags: int = 0):
-    return encode_chunks(frame, frame_id, chunk_size, meta, flags)
+def chunks(frame: bytes, frame_id: int, chunk_size: int, meta: dict | None, flags: int = 0,
+           version: int = PROTOCOL):
+    return encode_chunks(frame, frame_id, chunk_size, meta, flags, version=version)
 
 
 def valid_cases():
@@ -34,12 +35,17 @@ def valid_cases():
         ("default chunk size", 10000, 4096, 42, {"trigger": "interval", "t": None}, 0),
         ("resent chunks", 700, 256, 9, None, 2),
     ]
+    # A version 1 node's frame: receivers of version 2 read it too; a version 2 node never
+    # sends one (its own test skips it).
+    specs_v1 = [("version 1 node", 600, 256, 3, {"trigger": "boot"}, 0)]
     cases = []
-    for seed, (name, n, cs, fid, m, flags) in enumerate(specs):
+    for seed, (name, n, cs, fid, m, flags) in enumerate(specs + specs_v1):
+        version = 1 if (name, n, cs, fid, m, flags) in specs_v1 else PROTOCOL
         frame = frame_bytes(n, seed)
-        cs_list = chunks(frame, fid, cs, m, flags)
+        cs_list = chunks(frame, fid, cs, m, flags, version)
         cases.append({
             "name": name,
+            "version": version,
             "frame_id": fid,
             "chunk_size": cs,
             "flags": flags,
@@ -70,7 +76,7 @@ def invalid_cases():
     return [
         ("shorter than header", c0[:20]),
         ("bad magic", b"XX" + c0[2:]),
-        ("unknown version", patch(c0, 2, ">B", 2)),
+        ("unknown version", patch(c0, 2, ">B", 3)),
         ("total_len zero", patch(c0, 8, ">I", 0)),
         ("total_len too large", patch(c0, 8, ">I", 16777217)),
         ("chunk_size too small", patch(c0, 16, ">I", 100)),

@@ -31,7 +31,14 @@ DEFAULTS = {
     "socket_timeout": 10,     # seconds any single socket operation may take
     "wifi_timeout": 20,
     "watchdog": 60,           # seconds; 0 disables the watchdog
+    "spool": "ram",           # where unconfirmed frames are kept: "ram" or "sd" (the microSD card)
+    "spool_bytes": None,      # the spool's budget; None: SPOOL_BYTES of its kind (spool_budget)
+    "spool_dir": "/sd/espcam-spool",
+    "confirm_timeout": 15,    # seconds before an unconfirmed frame is sent again (then doubled)
 }
+
+# The default budget of each kind of spool (docs/node.md, "The spool", says why these).
+SPOOL_BYTES = {"ram": 1500000, "sd": 32000000}
 
 
 class ConfigError(Exception):
@@ -148,6 +155,13 @@ def check(cfg, default_node_id):
     # A socket timeout of 0 would make every read non-blocking; MQTT's keepalive has 16 bits.
     _need(cfg["socket_timeout"] >= 1, "socket_timeout must be at least 1 second")
     _need(cfg["keepalive"] <= 65535, "keepalive must be at most 65535 seconds")
+    _need(cfg["spool"] in SPOOL_BYTES, 'spool must be "ram" or "sd"')
+    b = cfg["spool_bytes"]
+    _need(b is None or (type(b) is int and b >= 0), "spool_bytes must be a number of bytes")
+    _need(isinstance(cfg["spool_dir"], str) and cfg["spool_dir"].strip("/"),
+          "spool_dir must name a folder")
+    _need(type(cfg["confirm_timeout"]) is int and cfg["confirm_timeout"] >= 1,
+          "confirm_timeout must be at least 1 second")
     return cfg
 
 
@@ -162,6 +176,11 @@ def load(default_node_id, path=PATH):
     except ValueError:
         raise ConfigError("%s is not valid JSON" % path)
     return check(cfg, default_node_id)
+
+
+def spool_budget(cfg):
+    b = cfg["spool_bytes"]
+    return SPOOL_BYTES[cfg["spool"]] if b is None else b
 
 
 def settings(cfg):

@@ -1,6 +1,7 @@
 # Frame ids and chunked publishing (docs/protocol.md, "Frame chunks"). The frame is never
-# copied: each chunk's payload is written to the socket straight from the frame's own buffer,
-# so sending a frame allocates the same few objects whatever its size.
+# copied: each chunk's payload is written to the socket straight from the frame's own buffer
+# (or, for a frame on the SD card, read into one chunk buffer), so sending a frame allocates
+# the same few objects whatever its size.
 import binascii
 import json
 
@@ -52,14 +53,23 @@ class FrameIds:
 
 
 class Frame:
-    # The last captured frame, held for resend requests until the next capture or sleep.
+    # A captured frame in RAM. view: buf is the class driver's memoryview into its own frame
+    # buffer, which the driver's next capture overwrites (the spool copies it out before that,
+    # if it still holds the frame; spool.RamSpool.before_camera).
     def __init__(self, fid, buf, meta):
         self.id = fid
         self.buf = buf
         self.mv = memoryview(buf)
+        self.size = len(self.mv)
         self.crc = binascii.crc32(self.mv) & 0xFFFFFFFF
         self.meta = meta
-        self.delivered = False   # True once the broker acknowledged the last chunk
+        self.view = type(buf) is memoryview
+        self.fh = None    # a frame read from a file has one (sdspool.FileFrame)
+
+    def hold(self, buf):
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.view = False
 
 
 class Sender:
@@ -77,11 +87,13 @@ class Sender:
     def fits(self, total):
         return protocol.frame_fits(total, self.chunk_size)
 
-    def send(self, mq, frame, only=None, feed=None):
+    def send(self, mq, frame, only=None, feed=None, resent=False):
         # Publishes all chunks (only=None) or the listed indices through the MQTT client mq; the
-        # last one at QoS 1, whose PUBACK proves the broker holds every chunk before it. Returns
-        # the number sent.
-        total = len(frame.mv)
+        # last one at QoS 1, whose PUBACK proves the broker holds every chunk before it. Chunks
+        # asked for (only) and frames sent again (resent) carry the resent flag. A frame in a
+        # file (frame.fh) is read chunk by chunk into frame.chunk, one buffer for every chunk.
+        # Returns the number sent.
+        total = frame.size
         cs = self.chunk_size
         if not protocol.frame_fits(total, cs):
             raise ValueError("a frame of %d bytes needs more than %d chunks of %d bytes"
@@ -89,10 +101,11 @@ class Sender:
         count = protocol.chunk_count(total, cs)
         if only is None:
             indices = range(count)
-            flags = 0
         else:
             indices = only
-            flags = protocol.FLAG_RESEND
+        flags = protocol.FLAG_RESEND if resent or only is not None else 0
+        fh = frame.fh
+        data = frame.mv if fh is None else frame.chunk
         last = len(indices) - 1
         n = 0
         for i in indices:
@@ -106,8 +119,14 @@ class Sender:
                 head[off + protocol.HEADER_LEN:off + protocol.HEADER_LEN + mlen] = frame.meta
             start = i * cs
             size = cs if start + cs <= total else total - start
+            doff = start
+            if fh is not None:
+                fh.seek(frame.base + start)
+                if fh.readinto(data, size) != size:
+                    raise OSError("frame %d: its file ends before chunk %d" % (frame.id, i))
+                doff = 0
             protocol.pack_header(head, off, f, frame.id, total, frame.crc, cs, i, count, mlen)
-            mq.publish_from(head, off, off + protocol.HEADER_LEN + mlen, frame.mv, start, size, q)
+            mq.publish_from(head, off, off + protocol.HEADER_LEN + mlen, data, doff, size, q)
             n += 1
             if feed is not None:
                 feed()

@@ -1,7 +1,7 @@
-# The node's only door to the hardware: camera, flash LED, PIR, Wi-Fi, deep sleep, reset and
-# wake causes, RTC memory and the watchdog. Everything else in the app calls these functions, so
-# the same files run on an ESP32-CAM and, with host stand-ins for camera/machine/network/esp32,
-# on the MicroPython unix port.
+# The node's only door to the hardware: camera, flash LED, PIR, microSD card, Wi-Fi, deep
+# sleep, reset and wake causes, RTC memory and the watchdog. Everything else in the app calls
+# these functions, so the same files run on an ESP32-CAM and, with host stand-ins for
+# camera/machine/network/esp32, on the MicroPython unix port.
 import time
 
 import machine
@@ -106,9 +106,17 @@ def camera_configure(frame_size, quality):
         return camera_init(frame_size, quality)
 
 
+def camera_frames_on_heap():
+    # The module driver copies each frame onto the MicroPython heap; the class driver hands out
+    # a view of its own buffer, outside the heap on a board.
+    return not _class_api
+
+
 def camera_capture(frame_size, quality):
     # Returns a buffer (bytes or memoryview) holding one JPEG, or None. A failed capture
-    # re-initialises the camera once, which clears most sensor hiccups.
+    # re-initialises the camera once, which clears most sensor hiccups. MemoryError (the module
+    # driver found no room on the heap for the frame) is raised for the caller, who can make
+    # room, after a re-init: the driver returns its frame buffer only after its copy succeeded.
     global camera_error
     why = None
     for attempt in (0, 1):
@@ -120,6 +128,10 @@ def camera_capture(frame_size, quality):
                 camera_error = "ok"
                 return buf
             why = "capture returned nothing"
+        except MemoryError:
+            buf = None
+            camera_init(frame_size, quality)
+            raise
         except Exception as e:
             why = "capture: %r" % (e,)
         buf = None
@@ -137,6 +149,56 @@ def camera_deinit():
             pass
     _cam = None
     _cam_ok = False
+
+
+# ---------------------------------------------------------------- microSD card
+# The ESP32-CAM's slot in 1-bit SD mode: slot 1 (the SDMMC host, pins fixed on the ESP32: CLK
+# GPIO14, CMD GPIO15, D0 GPIO2), width 1, so that D1 to D3 stay free: GPIO4 drives the flash
+# LED (which flickers with every card access in 4-bit mode), GPIO12 and GPIO13 stay free for a
+# PIR. docs/hardware.md has the wiring.
+
+SD_PATH = "/sd"
+_sd = None
+
+
+def sd_mount():
+    # Mounts the card's FAT filesystem at SD_PATH; raises OSError when there is no card.
+    global _sd
+    try:
+        import vfs
+        mount = vfs.mount
+    except ImportError:        # MicroPython before 1.23: mount was in os
+        import os
+        mount = os.mount
+    if _sd is None:
+        _sd = machine.SDCard(slot=1, width=1)
+    try:
+        mount(_sd, SD_PATH)
+    except OSError as e:
+        if e.args and e.args[0] == 1:   # EPERM: mounted already (a boot after a soft reset)
+            return
+        raise
+
+
+def sd_release():
+    # Before deep sleep: every file is closed between uses, so unmounting only stops the host.
+    global _sd
+    if _sd is None:
+        return
+    try:
+        try:
+            import vfs
+            vfs.umount(SD_PATH)
+        except ImportError:
+            import os
+            os.umount(SD_PATH)
+    except Exception:
+        pass
+    try:
+        _sd.deinit()
+    except Exception:
+        pass
+    _sd = None
 
 
 # ---------------------------------------------------------------- flash LED and PIR
@@ -321,6 +383,7 @@ def deepsleep(ms, pir_pin=None):
     # the camera off and Wi-Fi down. The flash LED pin is driven low and held, or it floats and
     # the LED glows through the whole sleep. pir_pin: arm the PIR wake on that pin.
     camera_deinit()
+    sd_release()
     flash(False)
     try:
         _flash.init(machine.Pin.OUT, value=0, hold=True)
@@ -377,6 +440,32 @@ def feed():
 def heap_free():
     import gc
     return gc.mem_free()
+
+
+def _heap_grows():
+    # ESP32 firmware from MicroPython 1.21 on starts with a small heap and adds ESP-IDF memory
+    # (PSRAM included) to it as it fills; older firmware has the whole heap from the start.
+    import sys
+    return sys.platform == "esp32" and tuple(sys.implementation.version[:2]) >= (1, 21)
+
+
+_grows = None
+
+
+def heap_spare():
+    # Bytes the heap can still give: its free space, and what a growing heap can still add
+    # (the largest free block ESP-IDF has for it).
+    global _grows
+    import gc
+    n = gc.mem_free()
+    if _grows is None:
+        _grows = _heap_grows()
+    if _grows and esp32 is not None:
+        try:
+            n += max(r[2] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
+        except Exception:
+            pass
+    return n
 
 
 def unix_time():

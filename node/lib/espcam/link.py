@@ -1,9 +1,9 @@
-# The node's connection to the broker: its topics, the connect sequence (session, command
-# subscription, `online`) and the watch on a link that has gone quiet, over the node's own MQTT
-# client (mqtt.py).
+# The node's connection to the broker: its topics, the connect sequence (session, command and
+# confirmation subscriptions, `online`) and the watch on a link that has gone quiet, over the
+# node's own MQTT client (mqtt.py).
 import time
 
-from espcam import mqtt
+from espcam import mqtt, protocol
 
 
 class Link:
@@ -22,10 +22,12 @@ class Link:
         return self.base + leaf
 
     def connect(self):
-        # Returns True if the broker still had our session (queued commands will follow).
+        # Returns True if the broker still had our session (queued commands and confirmations
+        # follow). Commands and confirmations in one SUBSCRIBE, one round trip per connection,
+        # both at QoS 1 (the confirm topic's QoS, protocol.json; the cmd topic's too).
         present = self.mq.connect(clean_session=False)
         self.up = True
-        self.mq.subscribe(self.topic("cmd"), 1)
+        self.mq.subscribe((self.topic("cmd"), self.topic("confirm")), protocol.CONFIRM_QOS)
         self.publish("availability", b"online", retain=True, qos=1)
         return present
 

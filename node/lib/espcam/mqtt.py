@@ -81,6 +81,7 @@ class MQTT:
         self.poller = None
         self.pid = 0
         self.rid = 0              # packet id of the last PUBACK or SUBACK read
+        self.rlen = 0             # and its length (a SUBACK: 2 + one code per topic filter)
         # Both made here, at start-up, where they cannot split the free heap later on.
         self.buf = bytearray(64)  # fixed header, topic and packet id out; small packets in
         self.scratch = bytearray(256)   # drains messages over MAX_MSG
@@ -159,8 +160,10 @@ class MQTT:
         if op & 0xF0 == 0x30:
             self._publish_in(op, n)
             return 0x30
-        if n > 4 or op not in (0x20, 0x40, 0x90, 0xD0):
+        # A SUBACK has a return code per topic filter (subscribe() sends few); others 4 bytes.
+        if op not in (0x20, 0x40, 0x90, 0xD0) or n > (len(b) if op == 0x90 else 4):
             raise MQTTError("unexpected packet 0x%02x of %d bytes from the broker" % (op, n))
+        self.rlen = n
         if n:
             self._read(n)
             self.rid = b[0] << 8 | b[1]
@@ -269,22 +272,34 @@ class MQTT:
         return bool(self.buf[0] & 1)
 
     def subscribe(self, topic, qos=1):
-        # Returns the QoS the broker granted; raises MQTTError if it refused (0x80).
+        # topic: one topic filter, or a tuple of them, subscribed in one SUBSCRIBE (one round
+        # trip). Returns the QoS granted (the lowest); raises MQTTError if the broker refused any
+        # (0x80).
         self.mid = True
-        t = _bytes(topic)
+        topics = topic if isinstance(topic, tuple) else (topic,)
+        size = 2
+        for t in topics:
+            size += 2 + len(_bytes(t)) + 1
         pid = self._next_pid()
-        b = self._room(len(t) + 10)
+        b = self._room(size + 5)
         b[0] = 0x82
-        i = _length(b, 1, 2 + 2 + len(t) + 1)
+        i = _length(b, 1, size)
         b[i] = pid >> 8
         b[i + 1] = pid & 0xFF
-        i = _put(b, i + 2, t)
-        b[i] = qos
-        self._write(b, 0, i + 1)
+        i += 2
+        for t in topics:
+            i = _put(b, i, _bytes(t))
+            b[i] = qos
+            i += 1
+        self._write(b, 0, i)
         self._wait(0x90, pid, "SUBACK")
-        granted = self.buf[2]
-        if granted == 0x80:
-            raise MQTTError("broker refused the subscription to %s" % (topic,))
+        granted = qos
+        for k in range(min(len(topics), self.rlen - 2)):
+            g = self.buf[2 + k]
+            if g == 0x80:
+                raise MQTTError("broker refused the subscription to %s" % (topics[k],))
+            if g < granted:
+                granted = g
         self.mid = False
         return granted
 

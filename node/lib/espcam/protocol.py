@@ -1,8 +1,9 @@
-# Wire protocol v1 (docs/protocol.md): topics, node ids and the frame chunk header.
+# Wire protocol v2 (docs/protocol.md): topics, node ids and the frame chunk header.
 # Nothing here allocates in proportion to a frame.
 import struct
 
-PROTO = 1
+PROTO = 2           # what the node sends: chunk header byte 2 and "proto" in its state
+ACCEPTS = (1, 2)    # chunk versions a receiver reads (v2 changed no chunk field)
 MAGIC = b"EC"
 HEADER = ">2sBBIIIIHHHH"
 HEADER_LEN = 28
@@ -16,6 +17,9 @@ MAX_COUNT = 65535   # the count field has 16 bits, so a frame needs at most this
 MAX_FRAME_ID = 0xFFFFFFFF
 NODE_ID_MAX = 32
 DEFAULT_PREFIX = "espcam"
+# QoS of what version 2 added: the node publishes `dropped` and subscribes to `confirm` at these.
+DROPPED_QOS = 1
+CONFIRM_QOS = 1
 
 _ID_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ID_REST = _ID_FIRST + "_-"

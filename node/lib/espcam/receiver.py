@@ -1,11 +1,16 @@
-# Frame chunks as a receiver reads them (docs/protocol.md, "Frame chunks"). The node only sends
-# chunks, so the app never imports this module: its bytecode would take a couple of KB of the
-# node's heap for nothing. It is the node's own statement of the receiver's rules, for the
-# node's tests (checked against the backend's vectors) and for any receiver in MicroPython.
+# Frame chunks and `dropped` documents as a receiver reads them (docs/protocol.md, "Frame
+# chunks", "dropped"). The node only sends these, so the app never imports this module: its
+# bytecode would take a couple of KB of the node's heap for nothing. It is the node's own
+# statement of the receiver's rules, for the node's tests (checked against the backend's
+# vectors) and for any receiver in MicroPython.
 import json
 import struct
 
 from espcam import protocol
+
+MAX_DROPPED_BYTES = 1024   # protocol.json dropped: max_bytes, max_ids, max_reason
+MAX_DROPPED_IDS = 64
+MAX_DROPPED_REASON = 128
 
 
 def _refuse(rule, text):
@@ -28,7 +33,7 @@ def unpack_header(msg):
         struct.unpack_from(protocol.HEADER, msg, 0)
     if magic != protocol.MAGIC:
         raise _refuse("magic", "bad magic %r" % (magic,))
-    if ver != protocol.PROTO:
+    if ver not in protocol.ACCEPTS:
         raise _refuse("version", "unsupported version %d" % ver)
     if flags & ~(protocol.FLAG_META | protocol.FLAG_RESEND):
         raise _refuse("flags", "unknown flag bits in 0x%02x" % flags)
@@ -62,3 +67,30 @@ def unpack_header(msg):
         raise _refuse("payload_length", "payload of %d bytes, expected %d"
                       % (len(msg) - protocol.HEADER_LEN - mlen, want))
     return flags, fid, total, crc, csize, index, count, mlen, meta
+
+
+def parse_dropped(payload):
+    # (frame ids, reason) of a `dropped` document as a receiver reads it, or ValueError("<rule>:
+    # why"), rule the first of protocol.json's refusals.dropped broken, in that order. The node
+    # writes these (spool.dropped_doc); this is its statement of what makes one valid.
+    if len(payload) > MAX_DROPPED_BYTES:
+        raise _refuse("not_json", "dropped longer than %d bytes" % MAX_DROPPED_BYTES)
+    try:
+        d = json.loads(payload)
+    except (ValueError, UnicodeError):
+        raise _refuse("not_json", "dropped is not JSON")
+    if not isinstance(d, dict):
+        raise _refuse("not_object", "dropped is not a JSON object")
+    ids = d.get("frames")
+    if not isinstance(ids, list) or not ids:
+        raise _refuse("bad_frames", "frames is not a non-empty list")
+    for i in ids:
+        if type(i) is not int or not 0 <= i <= protocol.MAX_FRAME_ID:
+            raise _refuse("bad_frames", "frames holds something other than a frame id")
+    if len(ids) > MAX_DROPPED_IDS:
+        raise _refuse("too_many", "more than %d frame ids" % MAX_DROPPED_IDS)
+    reason = d.get("reason")
+    if not isinstance(reason, str) or not 1 <= len(reason) <= MAX_DROPPED_REASON:
+        raise _refuse("bad_reason", "reason is not a text of 1 to %d characters"
+                      % MAX_DROPPED_REASON)
+    return ids, reason
