@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from espcam.backend import discovery
@@ -25,8 +24,9 @@ Publish = Callable[[str, bytes | str, bool, int], None]
 
 
 class Announcer:
-    def __init__(self, prefix: str, data_root: Path, publish: Publish) -> None:
-        self.prefix, self.data_root, self._publish = prefix, data_root, publish
+    def __init__(self, prefix: str, locate: Callable[[StoredFrame], str],
+                 publish: Publish) -> None:
+        self.prefix, self._locate, self._publish = prefix, locate, publish
 
     def frame(self, stored: StoredFrame, jpeg: bytes, newest: bool,
               claimed_capture: float | None = None) -> None:
@@ -39,7 +39,7 @@ class Announcer:
             "node": stored.node,
             "frame": stored.frame_id,
             "path": stored.path,
-            "file": str(Path(self.data_root, stored.path)),
+            "file": self._locate(stored),
             "bytes": stored.bytes,
             "width": stored.width,
             "height": stored.height,

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from espcam.backend import brokerusers
+from espcam.backend import brokerusers, facescli
 from espcam.backend import config as config_mod
 from espcam.backend.documents import SETTINGS, CommandError, build_command
 from espcam.backend.names import check_node_id
@@ -120,8 +120,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("node", type=node_arg)
     p.add_argument("--since", type=parse_since, help="ISO date/time or age (30m, 6h, 2d)")
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--person", metavar="NAME",
+                   help="only frames showing this enrolled person (`unknown`: a face that "
+                   "matched no one)")
+    p.add_argument("--motion", action="store_true",
+                   help="only frames with motion over the node's threshold")
     p.add_argument("--json", action="store_true")
     brokerusers.add_arguments(sub, _common)
+    facescli.add_arguments(sub, _common)
 
 
 def load_settings(args: argparse.Namespace) -> config_mod.Settings:
@@ -231,24 +237,46 @@ def cmd_nodes(args: argparse.Namespace, settings: config_mod.Settings) -> int:
 
 
 def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
+    from espcam.backend import findings
+
     storage = _open_storage(settings)
     if storage is None:
         return EXIT_ERROR
     root = storage.root
     try:
-        frames = storage.frames(args.node, since=args.since, limit=args.limit)
+        if args.person is not None or args.motion:
+            frames = findings.frames(storage.index, args.node, args.since, args.limit,
+                                     person=args.person, motion=args.motion)
+        else:
+            frames = storage.frames(args.node, since=args.since, limit=args.limit)
+        found = [findings.get(storage.index, f) for f in frames]
     except sqlite3.Error as e:
         print(f"espcam: cannot read the index in {root}: {e}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         storage.close()
     if args.json:
-        print(json.dumps([f.as_dict() | {"file": str(root / f.path)} for f in frames], indent=2))
+        print(json.dumps([f.as_dict() | {"file": str(root / f.path),
+                                         "analysis": _analysis(a)}
+                          for f, a in zip(frames, found, strict=True)], indent=2))
         return EXIT_OK
-    for f in frames:
+    for f, a in zip(frames, found, strict=True):
         print(f"{f.frame_id:>10}  {_when(f.captured_at or f.received_at)}  {f.bytes:>8} B  "
-              f"{f.width}x{f.height}  {f.trigger or '-':<9} {root / f.path}")
+              f"{f.width}x{f.height}  {f.trigger or '-':<9} {root / f.path}"
+              + (f"  {_summary(a)}" if a is not None else ""))
     return EXIT_OK
+
+
+def _analysis(a: Any) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {"motion": a.motion, "moved": a.moved, "motion_box": a.motion_box,
+            "faces": a.faces, "people": a.names}
+
+
+def _summary(a: Any) -> str:
+    motion = "-" if a.motion is None else f"{a.motion:.1f}%" + ("*" if a.moved else "")
+    return f"motion {motion}" + (f"  {', '.join(a.names)}" if a.faces else "")
 
 
 def cmd_forget(args: argparse.Namespace, settings: config_mod.Settings) -> int:

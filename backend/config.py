@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from espcam.backend.jpeg import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
+from espcam.backend.motion import DEFAULT_THRESHOLD, parse_thresholds
 from espcam.backend.names import check_prefix
+from espcam.backend.people import DEFAULT_TOLERANCE
 from espcam.backend.reassembly import Limits
 from espcam.backend.storage import Retention
 
@@ -66,6 +68,15 @@ class Settings:
     # [homeassistant]
     ha_discovery: bool = True
     ha_prefix: str = "homeassistant"
+    # [analysis] (docs/backend.md, "Analysis"; runs only with the faces extra installed)
+    analysis: bool = True
+    analysis_queue: int = 16  # frames waiting; past it the oldest non-doorbell one is skipped
+    analysis_nice: int = 19  # the worker's CPU priority: ingest comes first
+    motion_threshold: float = DEFAULT_THRESHOLD  # percent of the picture changed
+    motion_thresholds: str = ""  # per node: "cam-door=5, cam-yard=1.5"
+    face_tolerance: float = DEFAULT_TOLERANCE
+    person_events: str = "doorbell"  # or "all": every analysed frame with a face
+    person_event_cooldown: float = 300.0  # with "all": per node and person, seconds
     # top level
     log_level: str = "INFO"
 
@@ -97,6 +108,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "max_clock_ahead", "max_nodes", "max_queue_bytes"),
     "cli": ("command_timeout",),
     "homeassistant": ("ha_discovery", "ha_prefix"),
+    "analysis": ("analysis", "analysis_queue", "analysis_nice", "motion_threshold",
+                 "motion_thresholds", "face_tolerance", "person_events",
+                 "person_event_cooldown"),
     "": ("log_level",),
 }
 TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings)}
@@ -160,6 +174,9 @@ def _from_file(path: Path) -> dict[str, Any]:
             for sub, v in value.items():
                 if sub not in SECTIONS[key]:
                     raise ConfigError(f"{path}: unknown setting [{key}] {sub}")
+                if sub == "motion_thresholds" and isinstance(v, dict):
+                    # A table reads best in TOML: motion_thresholds = { cam-door = 5.0 }
+                    v = ", ".join(f"{node}={t}" for node, t in v.items())
                 out[sub] = _coerce(sub, v, str(path))
         elif key in SECTIONS[""]:
             out[key] = _coerce(key, value, str(path))
@@ -208,7 +225,24 @@ def load(
         value = getattr(settings, name)
         if TYPES[name] in (int, float) and value < 0:
             raise ConfigError(f"{name} must not be negative, not {value}")
-    for name in ("store_workers", "max_pending_frames"):
+    for name in ("store_workers", "max_pending_frames", "analysis_queue"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, not {getattr(settings, name)}")
+    _check_analysis(settings)
     return settings
+
+
+def _check_analysis(s: Settings) -> None:
+    if s.person_events not in ("doorbell", "all"):
+        raise ConfigError(f"person_events must be doorbell or all, not {s.person_events!r}")
+    if s.analysis_nice > 19:
+        raise ConfigError(f"analysis_nice must be 0 ... 19, not {s.analysis_nice}")
+    if not 0 < s.face_tolerance <= 2:
+        raise ConfigError(f"face_tolerance must be over 0 and at most 2, not {s.face_tolerance}")
+    if s.motion_threshold > 100:
+        raise ConfigError(f"motion_threshold is a percentage, 0 ... 100, not "
+                          f"{s.motion_threshold}")
+    try:
+        parse_thresholds(s.motion_thresholds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

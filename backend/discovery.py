@@ -15,7 +15,7 @@ from typing import Any
 
 from espcam.backend.documents import SETTINGS
 from espcam.backend.names import check_node_id
-from espcam.backend.protocol import backend_topic, topic
+from espcam.backend.protocol import SPEC, backend_topic, topic
 
 MANUFACTURER = "Espressif"
 MODEL = "ESP32-CAM"
@@ -25,6 +25,8 @@ ORIGIN = "espcam"
 STATE = "state"  # the node's retained state document, <prefix>/<node>/state
 REPORT = "report"  # the backend's retained per-node report, <prefix>/_backend/nodes/<node>
 IMAGE = "image"  # the backend's retained latest JPEG, <prefix>/<node>/image
+ANALYSIS = "analysis"  # the backend's retained findings, <prefix>/_backend/analysis/<node>
+DOORBELL = "doorbell"  # doorbell events (not retained), <prefix>/<node>/doorbell
 
 # Which availability an entity follows.
 NODE_AND_BACKEND = "node"  # node online or sleeping, and the backend online
@@ -43,6 +45,7 @@ ABBREVIATIONS: dict[str, str] = {
     "device_class": "dev_cla",
     "enabled_by_default": "en",
     "entity_category": "ent_cat",
+    "event_types": "evt_typ",
     "icon": "ic",
     "max": "max",
     "min": "min",
@@ -84,9 +87,11 @@ class Entity:
 
     key: component id, and the end of the unique id (`espcam_<node>_<key>`); never change it,
         or Home Assistant sees a new entity.
-    platform: Home Assistant platform (camera, button, light, number, select, switch, sensor).
+    platform: Home Assistant platform (camera, button, light, number, select, switch, sensor,
+        binary_sensor, event).
     name: entity name, shown after the device name; None: the device name alone.
-    source, path: where the state is read (STATE, REPORT, IMAGE) and the dotted path in it.
+    source, path: where the state is read (STATE, REPORT, IMAGE, ANALYSIS, DOORBELL) and the
+        dotted path in it.
     command: the protocol command a button sends; for the light, the on/off commands.
     setting: the node setting a number, select or switch changes (`config` command); its
         range or choices come from the protocol's settings table.
@@ -150,6 +155,30 @@ ENTITIES: tuple[Entity, ...] = (
                     **DIAGNOSTIC}, availability=BACKEND_ONLY),
 )
 
+# The doorbell: the node's `ring` and the backend's person events, read as they are published
+# (docs/protocol.md, "Doorbell events"). Every node gets it: a node without a button never
+# rings, and its person events need analysis.
+DOORBELL_ENTITY = Entity("doorbell", "event", "Doorbell", source=DOORBELL,
+                         options={"device_class": "doorbell",
+                                  "event_types": list(SPEC["doorbell"]["event_types"])})
+# What analysis finds in the node's newest analysed frame (docs/home-assistant.md); only while
+# analysis runs (the faces extra installed), so that no entity stays unknown for ever.
+ANALYSIS_ENTITIES: tuple[Entity, ...] = (
+    Entity("motion", "binary_sensor", "Motion", source=ANALYSIS, path="motion",
+           options={"device_class": "motion"}, availability=BACKEND_ONLY),
+    Entity("person", "binary_sensor", "Person", source=ANALYSIS, path="people",
+           options={"device_class": "occupancy", "icon": "mdi:account"},
+           availability=BACKEND_ONLY),
+    Entity("last_person", "sensor", "Last person", source=ANALYSIS, path="last_person",
+           options={"icon": "mdi:account-question"}, availability=BACKEND_ONLY),
+)
+
+
+def entities(analysis: bool) -> tuple[Entity, ...]:
+    """A node's entities: with the analysis ones while analysis runs."""
+    return ENTITIES + (DOORBELL_ENTITY,) + (ANALYSIS_ENTITIES if analysis else ())
+
+
 # Command ids are fixed per entity (Home Assistant cannot make fresh ones; the protocol allows
 # re-used ids), so acks to Home Assistant's commands are recognisable: `ha-<entity key>`.
 COMMAND_ID_PREFIX = "ha-"
@@ -197,6 +226,11 @@ def report_topic(prefix: str, node: str) -> str:
     return backend_topic(prefix, f"nodes/{check_node_id(node)}")
 
 
+def analysis_topic(prefix: str, node: str) -> str:
+    """The backend's retained findings in the node's newest analysed frame."""
+    return backend_topic(prefix, f"analysis/{check_node_id(node)}")
+
+
 def _jinja_path(path: str) -> str:
     return "value_json." + path
 
@@ -232,7 +266,10 @@ def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
     c: dict[str, Any] = {"platform": entity.platform, "unique_id": unique_id(node, entity.key),
                          "name": entity.name}
     state_topic = {STATE: topic(prefix, node, "state") if entity.source == STATE else "",
-                   REPORT: report_topic(prefix, node), IMAGE: topic(prefix, node, "image")}
+                   REPORT: report_topic(prefix, node), IMAGE: topic(prefix, node, "image"),
+                   ANALYSIS: analysis_topic(prefix, node),
+                   DOORBELL: topic(prefix, node, "doorbell") if entity.source == DOORBELL
+                   else ""}
     cmd_topic = topic(prefix, node, "cmd")
     if entity.platform == "camera":
         c["topic"] = state_topic[IMAGE]  # raw JPEG bytes: no image_encoding
@@ -261,9 +298,22 @@ def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
         else:
             c.update(payload_on="true", payload_off="false",
                      value_template="{{ 'true' if " + value + " else 'false' }}")
+    elif entity.platform == "sensor" and entity.source == ANALYSIS:
+        # No one seen yet, or the topic cleared by `espcam forget`: unknown (`None`).
+        c.update(state_topic=state_topic[ANALYSIS],
+                 value_template="{{ value_json.get('" + entity.path + "') or 'None' if "
+                                "value_json is defined else 'None' }}")
     elif entity.platform == "sensor":
         c.update(state_topic=state_topic[entity.source],
                  value_template="{{ " + _jinja_path(entity.path) + " }}")
+    elif entity.platform == "binary_sensor":
+        # Empty, false, none: off; the topic cleared by `espcam forget` too.
+        c.update(state_topic=state_topic[entity.source],
+                 value_template="{{ 'ON' if value_json is defined and value_json.get('"
+                                + entity.path + "') else 'OFF' }}")
+    elif entity.platform == "event":
+        # The payload is the event as it is: {"event_type": ..., attributes...}.
+        c.update(state_topic=state_topic[entity.source])
     else:
         raise ValueError(f"entity {entity.key}: no builder for platform {entity.platform!r}")
     c.update(entity.options)

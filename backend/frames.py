@@ -35,7 +35,7 @@ from espcam.backend.nodes import NodeBook
 from espcam.backend.protocol import Chunk, topic
 from espcam.backend.ratelog import RateLimitedLog, id_ranges, printable
 from espcam.backend.reassembly import FrameRejected, Lost, Reassembler, ResendRequest
-from espcam.backend.records import Frame, Losses, Outcome
+from espcam.backend.records import Frame, Losses, Outcome, StoredFrame
 from espcam.backend.store import FrameStore
 
 log = logging.getLogger("espcam.backend")
@@ -49,15 +49,17 @@ class FramePath:
                  store: FrameStore, nodes: NodeBook, announcer: Announcer,
                  confirmer: Confirmer, publish: Publish,
                  release: Callable[[FrameKey], None], deliver: Callable[[Any], None],
-                 disk_refuses: Callable[[], bool], warn: RateLimitedLog) -> None:
+                 disk_refuses: Callable[[], bool], warn: RateLimitedLog,
+                 on_stored: Callable[[StoredFrame], None] | None = None) -> None:
         """`release(key)`: acknowledge the held messages of a settled frame; `deliver(result)`:
         hand a store worker's result back to the loop; `disk_refuses()`: whether the disk is
-        failing writes now."""
+        failing writes now; `on_stored(frame)`: every frame announced as stored (analysis)."""
         self.prefix = prefix
         self.ledger, self.reassembler, self.lanes, self.store = ledger, reassembler, lanes, store
         self.nodes, self.announcer, self.confirmer = nodes, announcer, confirmer
         self._publish, self._release, self._deliver, self._warn = publish, release, deliver, warn
         self.disk_refuses = disk_refuses
+        self.on_stored = on_stored
         self.counters: Counter[str] = Counter()
         self._in_lanes: set[FrameKey] = set()
         self.parked: Frame | None = None  # a complete frame waiting for room in the lanes
@@ -216,6 +218,8 @@ class FramePath:
                                "is used", frame.node, frame.frame_id,
                                result.claimed_capture - frame.received_at)
         self.announcer.frame(result.stored, frame.data, result.newest, result.claimed_capture)
+        if self.on_stored is not None:
+            self.on_stored(result.stored)
 
     def lost(self, lost: list[Lost] | Lost | None) -> None:
         """Frames given up by reassembly (logged and counted there); counted per node here.

@@ -27,8 +27,9 @@ Known = Callable[[], dict[str, dict[str, Any] | None]]  # node -> its last state
 
 
 class HomeAssistant:
-    def __init__(self, prefix: str, ha_prefix: str, publish: Publish, known: Known) -> None:
-        self.prefix, self.ha_prefix = prefix, ha_prefix
+    def __init__(self, prefix: str, ha_prefix: str, publish: Publish, known: Known,
+                 entities: tuple[discovery.Entity, ...] = discovery.ENTITIES) -> None:
+        self.prefix, self.ha_prefix, self.entities = prefix, ha_prefix, entities
         self._publish = publish
         self._known = known
         self._published: dict[str, bytes] = {}  # node -> discovery document last published
@@ -42,7 +43,7 @@ class HomeAssistant:
 
     def announce(self, node: str, state: dict[str, Any] | None, force: bool = False) -> bool:
         """Publish the node's discovery if it is new or changed (or `force`); True if sent."""
-        doc = discovery.encode(discovery.build(self.prefix, node, state))
+        doc = discovery.encode(discovery.build(self.prefix, node, state, self.entities))
         if not force and self._published.get(node) == doc:
             return False
         self._publish(discovery.discovery_topic(self.ha_prefix, node), doc, True)

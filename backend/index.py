@@ -50,6 +50,33 @@ CREATE TABLE IF NOT EXISTS lost (
     at       REAL    NOT NULL,
     PRIMARY KEY (node, frame_id)
 );
+-- What the analysis stage found in a frame (findings.py); gone with the frame.
+CREATE TABLE IF NOT EXISTS analysis (
+    node        TEXT    NOT NULL,
+    frame_id    INTEGER NOT NULL,
+    crc         INTEGER NOT NULL,
+    analysed_at REAL    NOT NULL,
+    motion      REAL,               -- percent changed since the node's previous analysed frame
+    motion_box  TEXT,               -- JSON [left, top, right, bottom], frame pixels
+    moved       INTEGER NOT NULL,   -- motion at or over the node's threshold
+    faces       INTEGER NOT NULL,
+    PRIMARY KEY (node, frame_id, crc)
+);
+CREATE TABLE IF NOT EXISTS faces_seen (
+    node     TEXT    NOT NULL,
+    frame_id INTEGER NOT NULL,
+    crc      INTEGER NOT NULL,
+    n        INTEGER NOT NULL,      -- the face's number in the frame
+    name     TEXT,                  -- the enrolled person; NULL: matched no one
+    distance REAL,                  -- to the closest enrolled face; NULL: no one enrolled
+    box      TEXT    NOT NULL,      -- JSON [left, top, right, bottom], frame pixels
+    PRIMARY KEY (node, frame_id, crc, n)
+);
+CREATE INDEX IF NOT EXISTS faces_by_name ON faces_seen (node, name);
+CREATE TRIGGER IF NOT EXISTS findings_go_with_their_frame AFTER DELETE ON frames BEGIN
+    DELETE FROM analysis WHERE node = OLD.node AND frame_id = OLD.frame_id AND crc = OLD.crc;
+    DELETE FROM faces_seen WHERE node = OLD.node AND frame_id = OLD.frame_id AND crc = OLD.crc;
+END;
 CREATE TABLE IF NOT EXISTS nodes (
     node         TEXT PRIMARY KEY,
     availability TEXT,
@@ -61,6 +88,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 _FRAME_COLUMNS = ("node, frame_id, captured_at, received_at, bytes, width, height, trigger, crc, "
                   "path")
+FRAME_COLUMNS = _FRAME_COLUMNS  # findings.py selects frames the same way
 
 
 def describe_db_error(e: sqlite3.Error) -> str:

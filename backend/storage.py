@@ -18,17 +18,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import sqlite3
 import time
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from espcam.backend.index import INDEX_NAME, Index, describe_db_error, why_not_writable
-from espcam.backend.jpeg import NotAJpeg, inspect_jpeg
+from espcam.backend.layout import TMP_PREFIX, TMP_SUFFIX, stamp
 from espcam.backend.names import check_node_id, is_node_id
+from espcam.backend.reconcile import reconcile
 from espcam.backend.records import StoredFrame
 
 log = logging.getLogger("espcam.storage")
@@ -36,11 +35,6 @@ log = logging.getLogger("espcam.storage")
 __all__ = ["INDEX_NAME", "Retention", "Storage", "StorageError", "StorageRejected",
            "StoredFrame", "describe_os_error"]
 
-FILE_RE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(\d{1,10})(?:_[0-9a-f]{8})?\.jpg")
-DATE_DIR_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-TMP_PREFIX = ".tmp-"
-# A temporary file ends in .part, not .jpg: nothing that looks for JPEGs picks up a partial one.
-TMP_SUFFIX = ".part"
 
 
 class StorageError(OSError):
@@ -85,15 +79,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _stamp(t: float) -> str:
-    dt = datetime.fromtimestamp(t, UTC)
-    return dt.strftime("%Y%m%dT%H%M%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def _parse_stamp(s: str) -> float:
-    return datetime.strptime(s, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
 def _same_bytes(path: Path, data: bytes) -> bool:
     try:
         return path.stat().st_size == len(data) and path.read_bytes() == data
@@ -107,7 +92,8 @@ _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.E
 
 
 class Storage:
-    """Files under the data directory and the index that lists them. Safe to use from several
+    """Frames as files under the data directory, and the index that lists them: the local
+    disk's FrameStorage (framestorage.py). Safe to use from several
     threads at once for different nodes (the store workers); a node's frames are handed to it
     one at a time."""
 
@@ -173,6 +159,12 @@ class Storage:
         self.index.update_node(check_node_id(node), seen_at=seen_at, availability=availability,
                                state=state)
 
+    def read(self, stored: StoredFrame) -> bytes:
+        return (self.root / stored.path).read_bytes()
+
+    def locate(self, stored: StoredFrame) -> str:
+        return str(self.root / stored.path)
+
     # -- writing ---------------------------------------------------------------------------
 
     def store(
@@ -195,7 +187,7 @@ class Storage:
         check_node_id(node)
         taken = captured_at if captured_at is not None else received_at
         day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
-        name = f"{_stamp(taken)}_{frame_id}"
+        name = f"{stamp(taken)}_{frame_id}"
         day_dir = self.root / node / day
         tmp = day_dir / f"{TMP_PREFIX}{name}.jpg{TMP_SUFFIX}"
         placed: Path | None = None
@@ -367,54 +359,5 @@ class Storage:
     # -- start-up consistency --------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
-        """Make files and index agree after a crash: index files that have no row, drop rows
-        whose file is gone, delete temporary files of interrupted writes."""
-        stats = {"indexed": 0, "dropped_rows": 0, "removed_tmp": 0, "skipped": 0}
-        known = {path for _, path in self.index.paths()}
-        for node_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if not is_node_id(node_dir.name):
-                continue
-            for tmp in node_dir.glob(TMP_PREFIX + "*"):
-                tmp.unlink(missing_ok=True)
-                stats["removed_tmp"] += 1
-            for day_dir in sorted(p for p in node_dir.iterdir() if p.is_dir()):
-                if not DATE_DIR_RE.fullmatch(day_dir.name):
-                    continue
-                for f in sorted(day_dir.iterdir()):
-                    if f.name.startswith(TMP_PREFIX):
-                        f.unlink(missing_ok=True)
-                        stats["removed_tmp"] += 1
-                        continue
-                    rel = f"{node_dir.name}/{day_dir.name}/{f.name}"
-                    m = FILE_RE.fullmatch(f.name)
-                    if rel in known or not m:
-                        continue
-                    stats[self._index_orphan(node_dir.name, f, rel, m)] += 1
-        for node, path in self.index.paths():
-            if not (self.root / path).is_file():
-                self.index.drop(node, path)
-                stats["dropped_rows"] += 1
-        self.index.forget_totals()
-        if any(stats.values()):
-            log.info("reconcile: %s", ", ".join(f"{k} {v}" for k, v in stats.items()))
-        return stats
-
-    def _index_orphan(self, node: str, f: Path, rel: str, m: re.Match[str]) -> str:
-        """A JPEG on disk without a row (its writer died between file and row): index it."""
-        data = f.read_bytes()
-        try:
-            # No pixel limit: this file passed the one in force when it was stored.
-            info = inspect_jpeg(data, max_pixels=None)
-        except NotAJpeg as e:
-            log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
-            return "skipped"
-        taken = _parse_stamp(m.group(1))
-        frame_id = int(m.group(2))
-        crc = zlib.crc32(data) & 0xFFFFFFFF
-        if self.has(node, frame_id, crc):
-            log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
-            return "skipped"
-        self.index.add(StoredFrame(node, frame_id, taken, f.stat().st_mtime, len(data),
-                                   info.width, info.height, None, crc, rel), taken,
-                       as_last=False)
-        return "indexed"
+        """Make files and index agree after a crash (reconcile.py)."""
+        return reconcile(self.root, self.index)

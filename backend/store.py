@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from espcam.backend.config import Settings
+from espcam.backend.framestorage import FrameStorage
 from espcam.backend.jpeg import JpegInfo, NotAJpeg, inspect_jpeg
 from espcam.backend.lanes import Job, Retry
 from espcam.backend.records import Frame, Losses, Outcome
-from espcam.backend.storage import Storage, StorageError, StorageRejected
+from espcam.backend.storage import StorageError, StorageRejected
 
 log = logging.getLogger("espcam.store")
 
@@ -71,7 +72,7 @@ def capture_time(meta: dict[str, Any], received_at: float,
 
 
 class FrameStore:
-    def __init__(self, storage: Storage, settings: Settings, health: StorageHealth,
+    def __init__(self, storage: FrameStorage, settings: Settings, health: StorageHealth,
                  check: Check = inspect_jpeg) -> None:
         self.storage, self.settings, self.health, self.check = storage, settings, health, check
 
@@ -165,7 +166,7 @@ class FrameStore:
             if stored is None:  # deleted since (retention, forget): nothing to announce
                 return Outcome(Frame(node, frame_id, b"", crc, {}, 0.0, version=version),
                                duplicate=True)
-            data = (self.storage.root / stored.path).read_bytes()
+            data = self.storage.read(stored)
             frame = Frame(node, frame_id, data, crc, {}, 0.0, stored.received_at, version)
             return Outcome(frame, stored=stored, newest=self.storage.is_latest(node, stored.path),
                            count=self.storage.count(node), again=True)

@@ -25,10 +25,13 @@ from collections import Counter
 from typing import Any
 
 from espcam.backend import discovery
+from espcam.backend.analyse import Analysis
+from espcam.backend.analyse import available as analysis_off
 from espcam.backend.announce import Announcer
 from espcam.backend.config import Settings
 from espcam.backend.confirm import Confirmer
 from espcam.backend.connection import Connection, Inbox
+from espcam.backend.doorbell import Doorbell
 from espcam.backend.frames import FramePath
 from espcam.backend.homeassistant import HomeAssistant
 from espcam.backend.intake import BadDocument, Intake, parse_object
@@ -85,16 +88,26 @@ class Backend:
         self.lanes = Lanes(settings.store_workers, settings.max_pending_frames,
                            settings.max_pending_bytes)
         self.store = FrameStore(self.storage, settings, self.health, check)
-        self.announcer = Announcer(prefix, self.storage.root, self.publish)
+        self.announcer = Announcer(prefix, self.storage.locate, self.publish)
         self.confirmer = Confirmer(prefix, self.publish)
+        # Analysis beside ingest, fed with stored frames (analyse.py); said once when off.
+        off = analysis_off(settings)
+        if off:
+            log.info("%s", off)
+        self.analysis = None if off else Analysis(
+            settings, str(self.storage.root), self.storage.index, self.storage.locate,
+            lambda f: self.inbox.put_result(("analysis", f)), self._warn)
+        self.doorbell = Doorbell(prefix, settings, self.publish)
         self.ha = (HomeAssistant(prefix, settings.ha_prefix,
-                                 lambda t, p, r: self.publish(t, p, r, 1), self._known)
+                                 lambda t, p, r: self.publish(t, p, r, 1), self._known,
+                                 discovery.entities(self.analysis is not None))
                    if settings.ha_discovery else None)
         self.frames = FramePath(prefix, self.ledger, self.reassembler, self.lanes, self.store,
                                 self.nodes, self.announcer, self.confirmer, self.publish,
                                 self.connection.release,
                                 lambda r: self.inbox.put_result(("frame", r)),
-                                lambda: self.health.error is not None, self._warn)
+                                lambda: self.health.error is not None, self._warn,
+                                self.analysis.offer if self.analysis else None)
         self.intake = Intake(prefix, self.frames, self.nodes, self.ha, self._save_node,
                              self.on_forget, self._warn)
         self._stop = threading.Event()
@@ -127,6 +140,8 @@ class Backend:
             log.error("STORAGE ERROR: cannot reconcile files and index in %s: %s; serving "
                       "anyway", self.storage.root, e)
         self.connection.start()
+        if self.analysis:
+            self.analysis.start()
         try:
             while not self._stop.is_set():
                 self._step(self._next())
@@ -173,6 +188,8 @@ class Backend:
             self._retention_done(result)
         elif kind == "forget":
             self._forget_done(*result)
+        elif kind == "analysis":
+            self.doorbell.findings(result)
         elif kind == "node_row" and isinstance(result, Exception):
             self._warn.warning("nodes", "cannot record a node in the index: %s", result)
 
@@ -251,6 +268,7 @@ class Backend:
         else:
             self.publish(discovery.discovery_topic(self.settings.ha_prefix, node), b"", True)
         self.announcer.forget(node)
+        self.doorbell.forget(node)
         self.confirmer.forget(node)
         self.frames.forget(node)
         self.nodes.forget(node)
@@ -282,8 +300,9 @@ class Backend:
     def _status(self) -> dict[str, Any]:
         counters = Counter(self.counters)
         for stage in (self.intake, self.frames, self.ledger, self.nodes, self.lanes,
-                      self.reassembler, self.confirmer):
-            counters.update(stage.counters)
+                      self.reassembler, self.confirmer, self.analysis):
+            if stage is not None:
+                counters.update(stage.counters)
         if self.connection.oversize:
             counters["oversize_messages"] = self.connection.oversize
         return {
@@ -296,6 +315,8 @@ class Backend:
             "bytes_in_store": self.lanes.bytes,
             "queued_messages": len(self.inbox),
             "queued_bytes": self.inbox.bytes,
+            "analysis": "on" if self.analysis else "off",
+            "frames_to_analyse": self.analysis.waiting if self.analysis else 0,
             "nodes": len(self.nodes.views),
             "counters": dict(counters),
             "time": time.time(),
@@ -304,6 +325,8 @@ class Backend:
     # -- stopping --------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        if self.analysis:
+            self.analysis.close()
         self.connection.stop()
         with self._lock:
             # Chunks paho had already read: a frame they complete is stored. Its last chunk

@@ -7,7 +7,8 @@
              --wait-idle MIN (first wait up to MIN minutes until no pytest process runs)
 
 Items: 1 node publish path (MicroPython), 2 node duty cycle (simulator), 3 backend ingest
-(+ profile, + per-stage timings), 4 scale, 5 wire efficiency, 6 the node's spool (MicroPython).
+(+ profile, + per-stage timings), 4 scale, 5 wire efficiency, 6 the node's spool (MicroPython),
+7 analysis (face candidates on the same frames; ingest with analysis on and off).
 Every ratio compares figures measured side by side in the same run; nothing here is a
 pass/fail test.
 """
@@ -50,7 +51,7 @@ class Watch:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (item 4: 50 nodes, 60 s)")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated items to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated items to run")
     ap.add_argument("--no-profile", action="store_true", help="skip py-spy in item 3")
     ap.add_argument("--scale-nodes", type=int, default=None)
     ap.add_argument("--scale-seconds", type=float, default=None)
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         (4, "4. Scale", "bench.scale", {"nodes": a.scale_nodes, "seconds": a.scale_seconds}),
         (5, "5. Wire efficiency", "bench.wire", {}),
         (6, "6. The node's spool (MicroPython)", "bench.spool", {}),
+        (7, "7. Analysis: face candidates, ingest with analysis on and off", "bench.analysis",
+         {}),
     ]
     for num, title, mod, kw in items:
         if num not in only:

@@ -131,6 +131,23 @@ class Sampler:
         return self.samples
 
 
+def quiet_broker(workdir: Path, extra: str = "") -> Broker:
+    """The tests' Mosquitto logging connections and errors only, not every PUBLISH: a soak of
+    hours at 40 frames/s would otherwise write gigabytes of log (and spend CPU on it)."""
+    b = Broker(workdir, extra=extra)
+    write = b.write_config
+
+    def write_config() -> Path:
+        conf = write()
+        conf.write_text(conf.read_text().replace(
+            "log_type all\n", "log_type error\nlog_type warning\nlog_type notice\n"
+                              "log_type information\n"))
+        return conf
+
+    b.write_config = write_config  # type: ignore[method-assign]
+    return b
+
+
 # ---------------------------------------------------------------- frames and chunks
 
 
@@ -194,6 +211,9 @@ class RawPublisher:
         self._cond = threading.Condition()
         self._t = threading.Thread(target=self._reader, daemon=True)
         self._t.start()
+        # As every node does after connecting: the backend stores frames of announced nodes.
+        avail = publish_packet(f"espcam/{client_id}/availability".encode(), b"online", 0)
+        self.sock.sendall(bytes([avail[0] | 1]) + avail[1:])  # retained
 
     def _read(self, n: int) -> bytes:
         b = b""

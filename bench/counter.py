@@ -1,7 +1,8 @@
 """The limit of bench item 3: a bare paho subscriber that only counts what the broker delivers.
 
     python -m bench.counter HOST PORT MESSAGES     subscribes to espcam/+/frame at QoS 1,
-    prints "ready", then one JSON line when MESSAGES have arrived (or stdin closes)
+    prints "ready", then one JSON line when MESSAGES have arrived (or stdin closes): count,
+    bytes, times of the first and last message, CPU seconds at "ready" and at the end
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def main() -> None:
     c.subscribe("espcam/+/frame", qos=1)
     c.loop_start()
     ready.wait(10)
+    state["cpu_ready"] = time.process_time()
     print("ready", flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
     done.wait()
+    state["cpu_s"] = time.process_time()  # CPU seconds; minus cpu_ready: the burst's
     c.loop_stop()
     print(json.dumps(state), flush=True)
 

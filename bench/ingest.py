@@ -1,14 +1,22 @@
-"""Bench item 3: backend ingest through a real Mosquitto, against a bare counting subscriber.
+"""Bench item 3: backend ingest through a real Mosquitto, against two limits.
 
-Many raw MQTT connections (bench.common.RawPublisher) publish pre-chunked VGA JPEGs; `espcam
-serve` reassembles, verifies (CRC, full Pillow decode), stores (fsync, rename, SQLite) and
-announces each frame; bench/counter.py, subscribed to the same frame topic on the same broker,
-only counts bytes. Phase A: a burst, as fast as the generator can, for throughput. Phase B: a
-paced stream well under capacity, for latency from the last chunk published to the frame's
-`event` (published by the backend after the file, its directory and the index are durable).
-Phase C (optional): phase A again with py-spy sampling the backend. Side by side with the
-current backend: the backends of PREV_COMMIT and BEFORE_COMMIT (from git, each on a broker
-configured as it was then) and the current one with B3 undone (bench/serve_candidates.py).
+    .venv/bin/python -m bench.ingest --out bench/results/ingest-durable.md     (~6 min)
+    .venv/bin/python -m bench.ingest --quick                                   (~1 min)
+    options: --rounds N, --frames N, --variants now,workers1,workers8,limits, --no-profile,
+             --history (also the backends of c36bdb5 and b1934b5 and the full-decode candidate)
+
+Many raw MQTT connections (bench.common.RawPublisher, each announcing its node) publish
+pre-chunked VGA JPEGs. In the same burst, on the same broker, three consumers take the same
+stream: `espcam serve` (reassembles, verifies, stores durably, indexes, announces each frame),
+bench/counter.py (a bare subscriber that only counts bytes: what the broker can deliver) and
+bench/durable.py (the simplest durable writer: reassembly, then fsync file, rename, fsync
+directory, acknowledge; no check, no index, no announcement). The backend's ratios to both,
+medians over rounds. Variants, each on its own broker, take turns: the shipped backend with 1,
+4 (default) and 8 store workers, and no backend at all (the two limits alone). Then a paced
+stream well under capacity, for latency from the last chunk published to the frame's `event`
+(published once the file, its directory and the index are durable) and to the frame durable in
+the durable writer. Then two more bursts with py-spy on the backend: every thread not waiting,
+and only the thread holding the GIL.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from bench.common import (
     jpeg_pool,
     mem_kb,
     meta_for,
+    others,
     pct,
     table,
 )
@@ -140,22 +149,56 @@ class Load:
             p.close()
 
 
-def burst(load: Load, watcher: EventWatcher, host: str, port: int, frames: int,
-          pids: dict[str, int], profile_to: Path | None = None) -> dict[str, Any]:
+DURABLE_THREADS = 4  # the durable writer's, as the backend's store_workers
+
+
+class Helper:
+    """bench/counter.py or bench/durable.py in a subprocess: "ready", then one JSON line."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.p = subprocess.Popen([sys.executable, "-m", *cmd], cwd=ROOT, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"{cmd[0]} did not start: {line!r}")
+        self.out: dict[str, Any] | None = None
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            if line.startswith("{"):
+                self.out = json.loads(line)
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """Its figures once it has everything, or after `timeout` what it has then."""
+        self._t.join(timeout)
+        if self._t.is_alive():
+            self.p.stdin.close()  # it prints what it has and exits
+            self._t.join(30)
+        self.p.wait(30)
+        return self.out or {"n": 0, "bytes": 0, "last": float("nan")}
+
+
+def burst(s: Session, frames: int, profile_to: Path | None = None,
+          gil: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """`frames` frames as fast as the generator goes, taken at once by the backend (if the
+    session has one), the counter and the durable writer, all on the session's broker."""
+    load, host, port, pids = s.load, s.broker.host, s.broker.port, s.pids
     want = load.chunks_of(frames)
-    counter = subprocess.Popen([sys.executable, "-m", "bench.counter", host, str(port),
-                                str(want)], cwd=ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
-    assert counter.stdout.readline().strip() == "ready"
+    ddir = s.work / f"durable-{time.time_ns()}"
+    counter = Helper(["bench.counter", host, str(port), str(want)])
+    durable = Helper(["bench.durable", host, str(port), str(frames), str(ddir),
+                      "--threads", str(threads or DURABLE_THREADS)])
     spy = None
     if profile_to is not None:
         spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid",
                                 str(pids["backend"]), "--format", "raw", "--rate", "200",
-                                "--nonblocking", "-o", str(profile_to)],
+                                "--nonblocking", *(["--gil"] if gil else []),
+                                "-o", str(profile_to)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-    cpu0["counter"] = cpu_seconds(counter.pid)
     keys, nbytes = [], 0
     t0 = time.time()
     for _ in range(frames):
@@ -163,48 +206,80 @@ def burst(load: Load, watcher: EventWatcher, host: str, port: int, frames: int,
         keys.append(key)
         nbytes += len(load.pool[(load.k - 1) % len(load.pool)])
     t_gen = time.time()
-    ok = watcher.wait(keys, 600)
-    t_end = max(watcher.arrived.get(k, time.time()) for k in keys)
+    d = durable.result(600)
+    ok = s.watcher.wait(keys, 600) if s.watcher else True
+    t_end = max((s.watcher.arrived.get(k, time.time()) for k in keys), default=t_gen) \
+        if s.watcher else float("nan")
+    t_cpu = time.time()
     cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
-    cpu["counter"] = cpu_seconds(counter.pid) - cpu0["counter"]
-    out, _ = counter.communicate(timeout=120)
-    c = json.loads(out.strip().splitlines()[-1])
+    c = counter.result(120)
+    # The helpers' own CPU seconds from "ready" to their end, over their own time.
+    cpu_c = (c.get("cpu_s", 0) - c.get("cpu_ready", 0)) / max(1e-3, c["last"] - t0)
+    cpu_d = (d.get("cpu_s", 0) - d.get("cpu_ready", 0)) / max(1e-3, d["last"] - t0)
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
         spy.wait(60)
-    stored = sum(1 for k in keys if k in watcher.arrived)
+    shutil.rmtree(ddir, ignore_errors=True)
+    stored = sum(1 for k in keys if k in s.watcher.arrived) if s.watcher else 0
     wall_b = t_end - t0
     wall_c = c["last"] - t0
+    wall_d = d["last"] - t0
     return {
         "frames": frames, "jpeg_bytes": nbytes, "stored": stored, "complete": ok,
-        "gen_s": t_gen - t0, "backend_s": wall_b, "counter_s": wall_c,
+        "durable_stored": d["n"], "durable_incomplete": d.get("incomplete"),
+        "gen_s": t_gen - t0, "backend_s": wall_b, "counter_s": wall_c, "durable_s": wall_d,
         "counter_msgs": c["n"], "counter_bytes": c["bytes"], "want_msgs": want,
-        "backend_fps": stored / wall_b, "backend_mbs": nbytes / wall_b / 1e6,
+        "backend_fps": stored / wall_b if s.watcher else float("nan"),
+        "backend_mbs": nbytes / wall_b / 1e6,
         "counter_fps": frames / wall_c if c["n"] >= want else float("nan"),
         "counter_mbs": nbytes / wall_c / 1e6,
+        "durable_fps": d["n"] / wall_d if d["n"] >= frames else float("nan"),
         "ratio": wall_c / wall_b,
-        "cpu_cores": {k: v / wall_b for k, v in cpu.items()},
+        "ratio_durable": wall_d / wall_b,
+        "durable_to_counter": wall_c / wall_d,
+        "cpu_cores": {k: v / (t_cpu - t0) for k, v in cpu.items()} | {
+            "counter": cpu_c, "durable": cpu_d},
+        "profile_s": t_end - t0 if spy is not None else None,
     }
 
 
-def paced(load: Load, watcher: EventWatcher, rate: float, seconds: float,
-          pids: dict[str, int]) -> dict[str, Any]:
+def paced(s: Session, rate: float, seconds: float) -> dict[str, Any]:
+    """A stream well under capacity: latency from the last chunk written by the publisher to
+    the frame's `event` (the backend) and to the frame durable in the durable writer."""
+    load, pids = s.load, s.pids
     sent: dict[tuple[str, int], float] = {}
+    n = int(rate * seconds)
+    ddir = s.work / f"durable-{time.time_ns()}"
+    durable = Helper(["bench.durable", s.broker.host, str(s.broker.port), str(n), str(ddir),
+                      "--threads", str(DURABLE_THREADS)])
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
-    n = int(rate * seconds)
     for j in range(n):
         delay = t0 + j / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         key, t, _ = load.one()
         sent[key] = t
-    watcher.wait(list(sent), 120)
+    if s.watcher:
+        s.watcher.wait(list(sent), 120)
+    d = durable.result(120)
+    shutil.rmtree(ddir, ignore_errors=True)
     wall = time.monotonic() - t0
-    lat = [(watcher.arrived[k] - t) * 1000 for k, t in sent.items() if k in watcher.arrived]
-    return {"rate": rate, "frames": n, "stored": len(lat), "p50_ms": pct(lat, 50),
-            "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "max_ms": max(lat, default=0),
-            "cpu_cores": {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}}
+    out: dict[str, Any] = {"rate": rate, "frames": n,
+                           "cpu_cores": {k: (cpu_seconds(p) - cpu0[k]) / wall
+                                         for k, p in pids.items()}}
+    done = d.get("done", {})
+    arrived = s.watcher.arrived if s.watcher else {}
+    for who, times in (("backend", {k: arrived[k] for k in sent if k in arrived}),
+                       ("durable", {k: done[f"{k[0]}/{k[1]}"] for k in sent
+                                    if f"{k[0]}/{k[1]}" in done})):
+        lat = [(times[k] - sent[k]) * 1000 for k in times]
+        out[who] = {"stored": len(lat), "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+                    "p99_ms": pct(lat, 99), "max_ms": max(lat, default=0)}
+    # As before: the backend's figures at the top level.
+    out.update({k: out["backend"][k] for k in ("stored", "p50_ms", "p90_ms", "p99_ms",
+                                               "max_ms")})
+    return out
 
 
 def _frame_name(f: str) -> tuple[str, str]:
@@ -218,47 +293,92 @@ def _frame_name(f: str) -> tuple[str, str]:
     return f"{func} ({short})", f"{short}:{line}"
 
 
-def summarize_profile(path: Path, top: int = 16) -> dict[str, Any]:
-    """py-spy raw output (folded stacks with counts) → for the backend's work loop only (not
-    paho's network thread nor idle waits): inclusive share per function, and the share per
-    line of backend/ that the time was spent under (its deepest frame in backend/)."""
-    incl: collections.Counter[str] = collections.Counter()
-    lines: collections.Counter[str] = collections.Counter()
-    total = idle = 0
+ROLES = (("loop", "Backend.run ("), ("workers", "Lanes._work ("),
+         ("paho", "Client._thread_main ("))
+
+
+def summarize_profile(path: Path, frames: int, rate: int = 200, seconds: float | None = None,
+                      top: int = 14) -> dict[str, Any]:
+    """py-spy raw output (folded stacks with counts) → per thread role (the loop, the store
+    workers, paho's network thread): samples, ms per frame, and the lines of backend/ the time
+    was spent under (a stack's deepest frame in backend/; paho's thread: its deepest frame).
+    Without --gil a sample is a thread not waiting (py-spy leaves idle threads out), so the
+    workers' fsyncs count; with --gil only the thread holding the GIL is sampled, and samples
+    / (seconds x rate) is how busy the GIL was."""
+    roles: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
-        frames = stack.split(";")
-        if not any(f.startswith("Backend.run (") for f in frames):
-            continue
-        if any(f.startswith("MessageQueue.get (") for f in frames):
-            idle += n  # the loop waiting for the next message
-            continue
-        total += n
+        frames_ = stack.split(";")
+        role = next((r for r, head in ROLES if any(f.startswith(head) for f in frames_)),
+                    "other")
+        if ".wait (" in frames_[-1] and "threading.py" in frames_[-1]:
+            role = "waiting"  # a Condition or Event wait that py-spy did not call idle
+        r = roles.setdefault(role, {"samples": 0, "lines": collections.Counter(),
+                                    "inclusive": collections.Counter()})
+        r["samples"] += n
         seen = set()
         deepest = None
-        for f in frames:
+        for f in frames_:
             name, where = _frame_name(f)
             if name not in seen:
-                incl[name] += n
+                r["inclusive"][name] += n
                 seen.add(name)
             if "backend/" in f:
                 deepest = f"`{where}` {name.split(' (')[0]}"
-        if deepest:
-            lines[deepest] += n
-    return {"samples": total, "idle": idle, "inclusive": incl.most_common(top),
-            "lines": lines.most_common(top)}
+        if deepest is None or role == "paho":
+            name, where = _frame_name(frames_[-1])
+            deepest = f"`{where}` {name.split(' (')[0]}"
+        r["lines"][deepest] += n
+    out: dict[str, Any] = {"frames": frames, "rate": rate, "seconds": seconds, "roles": {}}
+    for role, r in roles.items():
+        per = 1000 / rate / max(1, frames)
+        out["roles"][role] = {
+            "samples": r["samples"], "ms_per_frame": r["samples"] * per,
+            "lines": [(k, v, v * per) for k, v in r["lines"].most_common(top)],
+            "inclusive": [(k, v, v * per) for k, v in r["inclusive"].most_common(top)]}
+    total = sum(r["samples"] for r in roles.values())
+    out["samples"] = total
+    if seconds:
+        out["busy_fraction"] = total / (seconds * rate)
+    return out
+
+
+def profile_text(prof: dict[str, Any], title: str) -> str:
+    rows = []
+    for role in ("loop", "workers", "paho", "other", "waiting"):
+        r = prof["roles"].get(role)
+        if not r:
+            continue
+        rows.append([f"**{role}**", r["samples"], f"**{r['ms_per_frame']:.3f}**"])
+        for k, n, ms in r["lines"]:
+            if n >= 0.01 * prof["samples"]:
+                rows.append([f"&nbsp;&nbsp;{k}", n, f"{ms:.3f}"])
+    busy = (f"; samples / (seconds x rate) = **{prof['busy_fraction']:.2f}**"
+            if prof.get("busy_fraction") is not None else "")
+    return (f"{title} ({prof['samples']} samples over {prof['seconds']:.1f} s at "
+            f"{prof['rate']} Hz, {prof['frames']} frames{busy}):\n\n"
+            + table(["thread / where (deepest frame in backend/)", "samples", "ms per frame"],
+                    rows))
 
 
 class Session:
-    """A broker, `espcam serve` on it and an event watcher, in a fresh folder."""
+    """A broker, `espcam serve` on it (unless `serve` is False: the limits alone) and an
+    event watcher, in a fresh folder."""
 
     def __init__(self, broker_extra: str = "", candidates: str = "",
-                 tree: Path | None = None) -> None:
+                 tree: Path | None = None, env: dict[str, str] | None = None,
+                 serve: bool = True) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="espcam-bench-ingest-"))
         self.broker = Broker(self.work / "broker", extra=broker_extra).start()
+        self.load: Load | None = None
+        self.serve: subprocess.Popen | None = None
+        self.watcher: EventWatcher | None = None
+        self.pids = {"broker": self.broker.proc.pid}
+        if not serve:
+            return
         if tree is not None:  # another backend/ (the one before the fixes)
             cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
                    "from backend.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -266,19 +386,18 @@ class Session:
             cmd = [sys.executable, "-m", "bench.serve_candidates"]
         else:
             cmd = [str(VENV_BIN / "espcam")]
-        env = dict(os.environ, ESPCAM_BENCH_CANDIDATES=candidates)
+        env = dict(os.environ, ESPCAM_BENCH_CANDIDATES=candidates, **(env or {}))
         self.serve = subprocess.Popen(cmd + ["serve",
                                        "--broker", self.broker.url,
                                        "--data-dir", str(self.work / "data")],
                                       cwd=ROOT, stdout=subprocess.DEVNULL, env=env,
                                       stderr=open(self.work / "serve.log", "wb"))
         self.watcher = EventWatcher(self.broker.host, self.broker.port)
-        self.load: Load | None = None
         if not self.watcher.online.wait(20):
             self.close()
             raise RuntimeError("espcam serve did not come online: "
                                + (self.work / "serve.log").read_text()[-2000:])
-        self.pids = {"backend": self.serve.pid, "broker": self.broker.proc.pid}
+        self.pids["backend"] = self.serve.pid
 
     def make_load(self, conns: int, pool: list[bytes]) -> Load:
         self.load = Load(self.broker.host, self.broker.port, conns, pool)
@@ -287,163 +406,257 @@ class Session:
     def close(self) -> None:
         if self.load is not None:
             self.load.close()
-        self.watcher.close()
-        self.serve.terminate()
-        try:
-            self.serve.wait(20)
-        except subprocess.TimeoutExpired:
-            self.serve.kill()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.serve is not None:
+            self.serve.terminate()
+            try:
+                self.serve.wait(20)
+            except subprocess.TimeoutExpired:
+                self.serve.kill()
         self.broker.stop()
         # The stored JPEGs (a full run writes some GB); logs and the profile stay.
         shutil.rmtree(self.work / "data", ignore_errors=True)
 
 
-def _spread(r: dict[str, Any]) -> str:
-    v = r.get("fps_runs", [])
+def _median(v: list[float]) -> float:
+    v = sorted(x for x in v if x == x)
+    if not v:
+        return float("nan")
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
+
+
+def _range(v: list[float]) -> str:
+    v = [x for x in v if x == x]
     return f"({min(v):.0f}–{max(v):.0f})" if len(v) > 1 else ""
 
 
-def _median_burst(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The burst of median backend frames/s, with the spread of all of them."""
-    ranked = sorted(runs, key=lambda r: r["backend_fps"])
-    m = dict(ranked[len(ranked) // 2])
-    m["fps_runs"] = [r["backend_fps"] for r in runs]
-    m["ratio_runs"] = [r["ratio"] for r in runs]
-    m["counter_fps_runs"] = [r["counter_fps"] for r in runs]
-    return m
-
-
-LABELS = {
-    "now": "**espcam serve**, as shipped (verified, stored, indexed, announced)",
-    "prev": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without set_tcp_nodelay",
-    "before": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Mosquitto without "
-              "set_tcp_nodelay",
-    "full_decode": "the same backend with B3 undone: full JPEG decode (bench/serve_candidates.py)",
+VARIANTS: dict[str, dict[str, Any]] = {
+    "now": {"label": "**espcam serve**, as shipped (verified, stored, indexed, announced; "
+                     "store_workers 4)", "kw": {}},
+    "workers1": {"label": "the same with store_workers 1", "kw": {"env": {
+        "ESPCAM_STORE_WORKERS": "1"}}},
+    "workers8": {"label": "the same with store_workers 8", "kw": {"env": {
+        "ESPCAM_STORE_WORKERS": "8"}}},
+    "limits": {"label": "no backend on this broker: the counter and the durable writer alone",
+               "kw": {"serve": False}},
 }
-LAT_LABELS = {
-    "now": "**as shipped**: backend TCP_NODELAY, Mosquitto `set_tcp_nodelay true`",
-    "now_nagle": "the same backend, Mosquitto without `set_tcp_nodelay` (D1 undone; fresh "
-                 "broker and backend)",
-    "prev": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without `set_tcp_nodelay`",
-    "before": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Nagle on everywhere",
+# Earlier backends and candidates (`--history`): what the runs of issue 6 compared.
+HISTORY: dict[str, dict[str, Any]] = {
+    "prev": {"label": f"before a057350: backend of {PREV_COMMIT}, Mosquitto without "
+                      "set_tcp_nodelay", "commit": PREV_COMMIT},
+    "before": {"label": f"before: backend of {BEFORE_COMMIT} (2026-11-24), Mosquitto without "
+                        "set_tcp_nodelay", "commit": BEFORE_COMMIT},
+    "full_decode": {"label": "the shipped backend with B3 undone: full JPEG decode "
+                             "(bench/serve_candidates.py)", "kw": {"candidates": "full_decode"}},
 }
 
 
-def run(quick: bool, profile: bool = True) -> dict[str, Any]:
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of each figure (and each ratio: the median of the per-burst
+    ratios), with every round's value."""
+    out: dict[str, Any] = {"rounds": runs}
+    for k in ("backend_fps", "counter_fps", "durable_fps", "backend_mbs", "ratio",
+              "ratio_durable", "durable_to_counter"):
+        vals = [r[k] for r in runs]
+        out[k] = _median(vals)
+        out[k + "_runs"] = vals
+    for who in ("backend", "broker", "counter", "durable"):
+        out[who + "_cpu"] = _median([r["cpu_cores"].get(who, float("nan")) for r in runs])
+    out["stored_min"] = min(r["stored"] for r in runs)
+    out["durable_stored_min"] = min(r["durable_stored"] for r in runs)
+    out["frames"] = runs[0]["frames"]
+    out["gen_s"] = _median([r["gen_s"] for r in runs])
+    out["others"] = [r.get("others") for r in runs]
+    return out
+
+
+def run(quick: bool, profile: bool = True, history: bool = False, rounds: int | None = None,
+        frames: int | None = None, variants: list[str] | None = None) -> dict[str, Any]:
     pool = jpeg_pool(CACHE, 16)
     conns = 20 if quick else 50
-    frames = 600 if quick else 2000
+    frames = frames or (600 if quick else 2000)
     paced_s = 10 if quick else 30
-    rounds = 1 if quick else 3
-    # One broker + backend per variant, all started first; the bursts then take turns, round
-    # after round, so that every variant sees the machine in the same states (one burst on
-    # this virtual machine varies by +-25 % from one minute to the next). The earlier
-    # backends run on a broker configured as it was then (no set_tcp_nodelay).
-    specs: dict[str, dict[str, Any]] = {"now": {}}
-    for key, commit in (("prev", PREV_COMMIT), ("before", BEFORE_COMMIT)):
-        tree = backend_tree(commit)  # None without git
-        if tree is not None:
-            specs[key] = {"tree": tree, "broker_extra": NAGLE_BROKER}
-    specs["full_decode"] = {"candidates": "full_decode"}
+    rounds = rounds or (1 if quick else 3)
+    # One broker per variant, each with its backend (or none), all started first; the bursts
+    # then take turns, round after round, so that every variant sees the machine in the same
+    # states (one burst on this virtual machine varies by +-25 % from one minute to the next).
+    # In every burst the counter and the durable writer take the same stream as the backend,
+    # on the same broker.
+    names = variants or (["now", "limits"] if quick else list(VARIANTS))
+    specs = {k: dict(VARIANTS[k]) for k in names}
+    if history:
+        for k, h in HISTORY.items():
+            if "commit" in h:
+                tree = backend_tree(h["commit"])  # None without git
+                if tree is None:
+                    continue
+                specs[k] = {"label": h["label"], "kw": {"tree": tree,
+                                                        "broker_extra": NAGLE_BROKER}}
+            else:
+                specs[k] = h
     sessions: dict[str, Session] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     lat: dict[str, dict[str, Any]] = {}
-    prof = None
+    profs: dict[str, Any] = {}
     try:
-        for k, kw in specs.items():
-            sessions[k] = Session(**kw)
-            load = sessions[k].make_load(conns, pool)
-            burst(load, sessions[k].watcher, sessions[k].broker.host, sessions[k].broker.port,
-                  40, sessions[k].pids)  # warm-up
+        for k, spec in specs.items():
+            sessions[k] = Session(**spec["kw"])
+            sessions[k].make_load(conns, pool)
+            burst(sessions[k], 40)  # warm-up
             runs[k] = []
         for _ in range(rounds):
             for k, v in sessions.items():
-                runs[k].append(burst(v.load, v.watcher, v.broker.host, v.broker.port, frames,
-                                     v.pids))
-        res = {k: _median_burst(r) for k, r in runs.items()}
+                o = others()
+                r = burst(v, frames)
+                r["others"] = o
+                runs[k].append(r)
+        res = {k: _summary(r) for k, r in runs.items()}
         for k, v in sessions.items():
-            res[k]["peak_rss_mb"] = mem_kb(v.serve.pid)[1] / 1024
-        sessions.pop("full_decode").close()
-        a = res["now"]
-        rate = round(min(25.0, a["backend_fps"] * 0.5), 1)
-        for k in [k for k in ("now", "prev", "before") if k in sessions]:
+            if v.serve is not None:
+                res[k]["peak_rss_mb"] = mem_kb(v.serve.pid)[1] / 1024
+        for k in [k for k in sessions if k not in ("now",) + tuple(HISTORY)]:
+            sessions.pop(k).close()
+        rate = round(min(25.0, res["now"]["backend_fps"] * 0.5), 1)
+        for k in [k for k in ("now", *HISTORY) if k in sessions]:
             v = sessions[k]
-            lat[k] = paced(v.load, v.watcher, rate, paced_s, v.pids)
+            lat[k] = paced(v, rate, paced_s)
+            lat[k]["others"] = others()
             if k != "now":
                 sessions.pop(k).close()
         s = sessions["now"]
         if profile:
-            ptxt = s.work / "profile.txt"
-            burst(s.load, s.watcher, s.broker.host, s.broker.port, frames, s.pids, ptxt)
-            if ptxt.exists():
-                prof = summarize_profile(ptxt)
-                prof["file"] = str(ptxt)
+            for kind in ("wall", "gil"):
+                ptxt = s.work / f"profile-{kind}.txt"
+                r = burst(s, frames, ptxt, gil=kind == "gil")
+                if ptxt.exists():
+                    profs[kind] = summarize_profile(ptxt, r["stored"], 200, r["profile_s"])
+                    profs[kind]["file"] = str(ptxt)
+                    profs[kind]["burst"] = r
         work = s.work
     finally:
         for v in sessions.values():
             v.close()
-    # D1 alone: the current backend on a broker without set_tcp_nodelay, fresh.
-    v = Session(NAGLE_BROKER)
-    try:
-        vl = v.make_load(conns, pool)
-        burst(vl, v.watcher, v.broker.host, v.broker.port, 40, v.pids)
-        lat["now_nagle"] = paced(vl, v.watcher, rate, paced_s, v.pids)
-    finally:
-        v.close()
+    return {"text": report(res, lat, profs, specs, conns, pool, rounds, frames),
+            "bursts": res, "latency": lat, "profile": profs, "workdir": str(work),
+            "burst": res["now"], "paced": lat.get("now")}
+
+
+def report(res: dict[str, Any], lat: dict[str, Any], profs: dict[str, Any],
+           specs: dict[str, Any], conns: int, pool: list[bytes], rounds: int,
+           frames: int) -> str:
     sizes = sorted(len(p) for p in pool)
-    b = lat["now"]
-
-    def row(k: str) -> list[Any]:
-        c = res[k]
-        return [LABELS[k], c["stored"], f"{c['backend_s']:.2f}",
-                f"**{c['backend_fps']:.1f}** {_spread(c)}" if k == "now"
-                else f"{c['backend_fps']:.1f} {_spread(c)}",
-                f"{c['backend_mbs']:.2f}", f"{c['cpu_cores']['backend']:.2f}",
-                f"{c['cpu_cores']['broker']:.2f}", f"{c['peak_rss_mb']:.0f}",
-                f"{c['ratio']:.2f}"]
-
+    a = res["now"]
+    rows = [["limit: bare paho counter (same burst, same broker)",
+             f"{a['counter_fps']:.0f} {_range(a['counter_fps_runs'])}", "", "",
+             f"{a['counter_cpu']:.2f}", "", f"{a['durable_to_counter']:.2f} (durable / counter)",
+             ""],
+            ["**limit: durable writer** (bench/durable.py; same burst, same broker)",
+             f"**{a['durable_fps']:.0f}** {_range(a['durable_fps_runs'])}",
+             f"{a['durable_stored_min']}/{frames}", "", f"{a['durable_cpu']:.2f}", "",
+             "", ""]]
+    for k, spec in specs.items():
+        r = res[k]
+        if k == "limits":
+            continue
+        rows.append([spec["label"], f"{r['backend_fps']:.0f} {_range(r['backend_fps_runs'])}",
+                     f"{r['stored_min']}/{frames}", f"{r.get('peak_rss_mb', 0):.0f}",
+                     f"{r['backend_cpu']:.2f}", f"{r['broker_cpu']:.2f}",
+                     f"**{r['ratio']:.2f}**" if k == "now" else f"{r['ratio']:.2f}",
+                     f"**{r['ratio_durable']:.2f}**" if k == "now"
+                     else f"{r['ratio_durable']:.2f}"])
+    if "limits" in res:
+        r = res["limits"]
+        rows.append(["(own broker, taking turns) counter alone",
+                     f"{r['counter_fps']:.0f} {_range(r['counter_fps_runs'])}", "", "",
+                     f"{r['counter_cpu']:.2f}", f"{r['broker_cpu']:.2f}", "", ""])
+        rows.append(["(own broker, taking turns) durable writer alone, no backend beside it",
+                     f"{r['durable_fps']:.0f} {_range(r['durable_fps_runs'])}",
+                     f"{r['durable_stored_min']}/{frames}", "", f"{r['durable_cpu']:.2f}", "",
+                     f"{r['durable_to_counter']:.2f} (durable / counter)", ""])
     text = (f"{conns} publisher connections, {len(pool)} VGA JPEGs of {sizes[0] // 1000} … "
-            f"{sizes[-1] // 1000} KB, chunk size {CHUNK}; each variant on its own broker, "
-            f"{rounds} bursts of {frames} frames each, taking turns; the burst of median "
-            f"frames/s is shown, with the range of all in brackets. Peak RSS: the backend's "
-            f"VmHWM after all bursts; ratio: against the counter on the same broker in the "
-            f"same burst.\n\n"
-            + table(["consumer", "frames", "wall s", "frames/s", "MB/s (JPEG)",
-                     "CPU cores", "broker CPU", "peak RSS MB", "ratio to limit"], [
-                ["limit: bare paho counter (broker of the shipped backend)", a["frames"],
-                 f"{a['counter_s']:.2f}", f"{a['counter_fps']:.1f} ("
-                 + "–".join(f"{x:.0f}" for x in (min(a['counter_fps_runs']),
-                                                  max(a['counter_fps_runs']))) + ")",
-                 f"{a['counter_mbs']:.2f}", f"{a['cpu_cores']['counter']:.2f}", "", "", ""],
-            ] + [row(k) for k in ("now", "prev", "before", "full_decode") if k in res])
-            + f"\n\nratio backend/limit: **{a['ratio']:.2f}** "
-            f"({', '.join(f'{x:.2f}' for x in a['ratio_runs'])}; target >= 0.8); generator "
-            f"finished publishing in {a['gen_s']:.2f} s.\n\n"
-            f"Latency at a paced {b['rate']} frames/s for {b['frames']} frames (last chunk "
-            f"published → `event` received, i.e. after fsync of file and directory and the "
-            f"index commit), each backend on its own broker:\n\n"
-            + table(["latency at the same paced rate", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                     "stored", "backend CPU", "broker CPU"],
-                    [[LAT_LABELS[k], f"{v['p50_ms']:.1f}", f"{v['p90_ms']:.1f}",
-                      f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}",
-                      f"{v['stored']}/{v['frames']}", f"{v['cpu_cores']['backend']:.2f}",
-                      f"{v['cpu_cores']['broker']:.2f}"]
-                     for k in ("now", "now_nagle", "prev", "before") if k in lat
-                     for v in [lat[k]]]))
-    if prof:
-        tot = prof["samples"] or 1
-        text += ("\n\nProfile of the backend's work loop during a fourth burst (py-spy, "
-                 f"{prof['samples']} samples busy in `Backend.run`, {prof['idle']} waiting for "
-                 "a message), by the line of backend/ the time was spent under:\n\n"
-                 + table(["where (deepest frame in backend/)", "share"],
-                         [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["lines"]])
-                 + "\n\n" + table(["function (inclusive)", "share"],
-                                    [[f, f"{100 * n / tot:.1f} %"] for f, n in prof["inclusive"]
-                                     if n < 0.95 * tot]))
-    return {"text": text, "burst": a, "paced": b, "latency": lat,
-            "candidates": {"full_decode": res["full_decode"]}, "before": res.get("before"),
-            "prev": res.get("prev"), "profile": prof, "workdir": str(work)}
+            f"{sizes[-1] // 1000} KB, chunk size {CHUNK}; {rounds} round(s) of one burst of "
+            f"{frames} frames per variant, taking turns, each variant on its own broker. In "
+            f"every burst three consumers take the same stream from the same broker: the "
+            f"backend (time to its last `event`), bench/counter.py (time to its last chunk) "
+            f"and bench/durable.py (time to its last frame fsynced, renamed, directory "
+            f"fsynced, acknowledged; {DURABLE_THREADS} writer threads). frames/s: median over "
+            f"the rounds (range); ratios: median of the per-burst ratios. `stored`: frames "
+            f"whose `event` arrived (the backend) or that the writer made durable, fewest over "
+            f"the rounds.\n\n"
+            + table(["consumer", "frames/s", "stored", "peak RSS MB", "CPU cores",
+                     "broker CPU", "ratio to counter", "ratio to durable writer"], rows)
+            + f"\n\n**Ratios of `espcam serve`: to the counter {a['ratio']:.2f} ("
+            + ", ".join(f"{x:.2f}" for x in a["ratio_runs"])
+            + f"); to the durable writer {a['ratio_durable']:.2f} ("
+            + ", ".join(f"{x:.2f}" for x in a["ratio_durable_runs"])
+            + f"); target >= 0.8 of the durable writer.** The durable writer reached "
+            f"{a['durable_to_counter']:.2f} of the counter in the same bursts. Generator "
+            f"finished publishing in {a['gen_s']:.2f} s (median).")
+    if lat:
+        b = lat["now"]
+        rows = []
+        for k, v in lat.items():
+            label = specs[k]["label"] if k in specs else k
+            for who, name in (("backend", label), ("durable", "durable writer, same stream")):
+                x = v[who]
+                rows.append([name, f"{x['p50_ms']:.1f}", f"{x['p90_ms']:.1f}",
+                             f"{x['p99_ms']:.1f}", f"{x['max_ms']:.1f}",
+                             f"{x['stored']}/{v['frames']}",
+                             f"{v['cpu_cores'].get('backend', 0):.2f}" if who == "backend"
+                             else "", f"{v['cpu_cores']['broker']:.2f}"
+                             if who == "backend" else ""])
+        text += (f"\n\nLatency at a paced {b['rate']} frames/s for {b['frames']} frames, last "
+                 f"chunk written by the publisher → the frame's `event` received (after "
+                 f"fsync of file and directory and the index commit), and → the frame durable "
+                 f"in the durable writer (its two fsyncs done), same frames, same broker:\n\n"
+                 + table(["consumer", "p50 ms", "p90 ms", "p99 ms", "max ms", "stored",
+                          "backend CPU", "broker CPU"], rows))
+    for kind, title in (("wall", "Profile of `espcam serve` during a further burst (py-spy "
+                                 "--nonblocking, threads not waiting)"),
+                        ("gil", "The same with --gil: only the thread holding the GIL")):
+        if kind in profs:
+            text += "\n\n" + profile_text(profs[kind], title)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from bench.common import machine
+
+    ap = argparse.ArgumentParser(prog="python -m bench.ingest",
+                                 description="bench item 3: backend ingest against its limits")
+    ap.add_argument("--quick", action="store_true", help="1 round of 600 frames, now + limits")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--history", action="store_true",
+                    help="also the backends of earlier commits and the full-decode candidate")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--variants", default=None, help=f"some of {', '.join(VARIANTS)}")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown here, JSON beside it")
+    a = ap.parse_args(argv)
+    m = machine()
+    head = (f"bench.ingest, {'quick' if a.quick else 'full'}, {time.strftime('%Y-%m-%d %H:%M')};"
+            f" machine: {m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Linux {m['kernel']}, "
+            f"Python {m['python']}, Mosquitto {m['mosquitto']}, {m['py_spy']}; at the start: "
+            f"{others()}")
+    print(head, flush=True)
+    t = time.monotonic()
+    res = run(a.quick, not a.no_profile, a.history, a.rounds, a.frames,
+              a.variants.split(",") if a.variants else None)
+    tail = f"({time.monotonic() - t:.0f} s; at the end: {others()})"
+    print(res["text"] + "\n\n" + tail)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(f"_{head}_\n\n{res['text']}\n\n_{tail}_\n")
+        a.out.with_suffix(".json").write_text(json.dumps(
+            {"machine": m, "head": head, "tail": tail} | {k: v for k, v in res.items()
+                                                          if k != "text"},
+            indent=1, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    print(run("--quick" in sys.argv)["text"])
+    sys.exit(main())

@@ -1,8 +1,9 @@
 """The chip under one simulated node: a supervisor thread that runs the node's MicroPython
 process (sim/launch.py with the stand-ins of sim/board first on MICROPYPATH) and, when that
-process ends, does what an ESP32 would: wakes it from deep sleep after its time or on an ext0
-edge, restarts it after machine.reset(), a soft reset or a watchdog timeout, and leaves a node
-whose main.py raised as it is (a board would sit at the REPL).
+process ends, does what an ESP32 would: wakes it from deep sleep after its time or when an
+ext0 or ext1 input reaches its level, restarts it after machine.reset(), a soft reset or a
+watchdog timeout, and leaves a node whose main.py raised as it is (a board would sit at the
+REPL).
 
 The stand-ins talk to the chip through files in the node's folder (docs/simulator.md,
 "Folders"): boot.json going in, exit.json, wdt.json and pins.json coming out.
@@ -34,7 +35,7 @@ CHECKOUT_NODE_LIB = HERE.parent / ".deps" / "node-lib"
 
 # machine module values of the ESP32 port (sim/board/machine.py uses the same).
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-EXT0_WAKE, TIMER_WAKE = 2, 4
+EXT0_WAKE, EXT1_WAKE, TIMER_WAKE = 2, 3, 4
 RESET_NAMES = {
     1: "PWRON_RESET",
     2: "HARD_RESET",
@@ -42,7 +43,7 @@ RESET_NAMES = {
     4: "DEEPSLEEP_RESET",
     5: "SOFT_RESET",
 }
-WAKE_NAMES = {0: "none", 2: "EXT0_WAKE", 4: "TIMER_WAKE"}
+WAKE_NAMES = {0: "none", 2: "EXT0_WAKE", 3: "EXT1_WAKE", 4: "TIMER_WAKE"}
 
 # Heap the stand-in modules themselves take on the unix port (measured: about 31 KB), added to
 # a requested heapsize so that the app gets what it would have on a board.
@@ -67,8 +68,9 @@ def micropython_binary() -> str:
 
 def micropython_path(node_src: Path) -> str:
     """MICROPYPATH for a node: the stand-ins first (they play the built-in modules), then the
-    app's lib/, then the checkout's fetched node libraries where there are any."""
-    parts = [BOARD_LIB, node_src / "lib"]
+    port's frozen modules (`ssl` among them, frozen on the ESP32 port too, and on its path
+    there), the app's lib/, then the checkout's fetched node libraries where there are any."""
+    parts = [BOARD_LIB, ".frozen", node_src / "lib"]
     if CHECKOUT_NODE_LIB.is_dir():
         parts.append(CHECKOUT_NODE_LIB)
     return ":".join(str(p) for p in parts)
@@ -211,7 +213,8 @@ class Chip:
             (self.dir / f).unlink(missing_ok=True)
         if reset_cause != SOFT_RESET:
             (self.dir / "camera.on").unlink(missing_ok=True)  # a chip reset clears the driver
-        (self.ctl / "motion").unlink(missing_ok=True)  # an edge before boot is lost
+        for edge in ("motion", "button"):  # an edge before boot is lost
+            (self.ctl / edge).unlink(missing_ok=True)
         write_json(self.dir / "boot.json", {"reset_cause": reset_cause, "wake_reason": wake})
         self.boots += 1
         cmd = [micropython_binary()]
@@ -261,28 +264,61 @@ class Chip:
         """Deep sleep: held pins keep their level, others float. Returns the wake reason, or
         None if stopped meanwhile."""
         write_json(self.dir / "pins.json", why.get("held") or {})
-        (self.ctl / "motion").unlink(missing_ok=True)
+        for edge in ("motion", "button"):
+            (self.ctl / edge).unlink(missing_ok=True)
         ms, ext0, level = why.get("ms"), why.get("ext0"), why.get("level")
-        self.sleeps.append({"ms": ms, "ext0": ext0, "held": why.get("held") or {}})
+        ext1, ext1_level = why.get("ext1") or [], why.get("ext1_level")
+        sleep: dict[str, Any] = {"ms": ms, "ext0": ext0, "held": why.get("held") or {}}
+        if ext1:
+            sleep["ext1"] = ext1
+        self.sleeps.append(sleep)
         self.status = "sleeping"
         self._event(
             "slept", f"{ms} ms" + (f", ext0 wake on GPIO{ext0}" if ext0 is not None else "")
+            + (f", ext1 wake on GPIO{', '.join(map(str, ext1))}" if ext1 else "")
         )
+        # The internal pulls hold a released button's pin at its idle level only while the RTC
+        # peripherals are powered, which ext0 asks for; with ext1 alone the pin floats (read 0).
+        pulls = (why.get("pulls") or {}) if ext0 is not None else {}
         deadline = None if ms is None else time.monotonic() + ms / 1000
         while not self._ending():
-            if ext0 is not None:
-                # ext0 wakes on a level: at once if the input is already at it (idle low, or the
-                # PIR held high by pir_high())
-                if level == 0 or (self.ctl / "pir_high").exists():
+            # ext0 and ext1 wake on a level: at once if the input is already at it (a PIR held
+            # high by pir_high(), a button held down), or when an edge brings it there.
+            edges: list[dict[str, Any]] = [{}]
+            p = self.ctl / "motion"
+            if p.exists():
+                p.unlink(missing_ok=True)
+                edges.append({"motion": True})
+            p = self.ctl / "button"
+            if p.exists():
+                press = read_json(p)
+                p.unlink(missing_ok=True)
+                if press:
+                    edges.append({"button": press})
+            for edge in edges:
+                if ext0 is not None and self._level(ext0, pulls, edge) == level:
                     return EXT0_WAKE
-                p = self.ctl / "motion"
-                if p.exists():
-                    p.unlink(missing_ok=True)
-                    return EXT0_WAKE
+                if ext1:
+                    levels = [self._level(pin, pulls, edge) for pin in ext1]
+                    if (any(levels) if ext1_level else not any(levels)):
+                        return EXT1_WAKE
             if deadline is not None and time.monotonic() >= deadline:
                 return TIMER_WAKE
             self._stop.wait(0.02)
         return None
+
+    def _level(self, pin: int, pulls: dict[str, int], edge: dict[str, Any]) -> int:
+        """What an input reads during the sleep (sim/board/machine.py, input_level), `edge`
+        being an injected edge at this instant: {"motion": True} or {"button": {"pin",
+        "level"}}."""
+        for press in (read_json(self.ctl / "button_held"), edge.get("button")):
+            if press and press.get("pin") == pin:
+                return 1 if press.get("level") else 0
+        if str(pin) in pulls:
+            return pulls[str(pin)]
+        if edge.get("motion") or (self.ctl / "pir_high").exists():
+            return 1
+        return 0
 
     def _ending(self) -> bool:
         # No restart, no wake: stopped, or powering off (which ends the process by itself).
@@ -309,7 +345,8 @@ class Chip:
                 w = self._sleep(why)
                 if w is None:
                     break
-                self._event("woke", "timer" if w == TIMER_WAKE else "pin (ext0)")
+                self._event("woke", {TIMER_WAKE: "timer", EXT0_WAKE: "pin (ext0)"}.get(
+                    w, "pin (ext1)"))
                 reset_cause, wake = DEEPSLEEP_RESET, w
             elif kind == "reset":
                 self._event("reset", "machine.reset()")

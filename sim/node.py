@@ -203,6 +203,28 @@ class SimNode:
         sleep whose ext0 wake is armed. Lost if neither happens (e.g. no PIR configured)."""
         (self.ctl / "motion").touch()
 
+    def press_button(self, bounces: int = 1) -> None:
+        """A press of the doorbell button (the config's button_pin, pressed to button_level):
+        `bounces` edges toward the pressed level at once, as a bouncing contact gives. Delivered
+        by machine.idle() to the pin's edge handler, or wakes a node in deep sleep whose wake
+        on that pin is armed. Lost if neither happens (e.g. no button configured)."""
+        write_json(self.ctl / "button", {**self._button(), "edges": bounces})
+
+    def button_held(self, held: bool = True) -> None:
+        """The doorbell button held down: its pin reads the pressed level (a level wake armed
+        on it fires at once), and makes no edge of its own (use press_button())."""
+        p = self.ctl / "button_held"
+        if held:
+            write_json(p, self._button())
+        else:
+            p.unlink(missing_ok=True)
+
+    def _button(self) -> dict[str, int]:
+        pin = self.config.get("button_pin")
+        if pin is None:
+            raise ValueError(f"{self.name} has no button_pin in its config")
+        return {"pin": pin, "level": self.config.get("button_level", 0)}
+
     def wifi_down(self, down: bool = True) -> None:
         self._ctl_flag("wifi_down", down)
 

@@ -43,7 +43,8 @@ ABBREVIATIONS = {
     "cmd_on_tpl": "command_on_template", "cmd_t": "command_topic",
     "cmd_tpl": "command_template", "cmps": "components", "def_ent_id": "default_entity_id",
     "dev": "device", "dev_cla": "device_class", "e": "encoding", "en": "enabled_by_default",
-    "ent_cat": "entity_category", "ent_pic": "entity_picture", "exp_aft": "expire_after",
+    "ent_cat": "entity_category", "ent_pic": "entity_picture", "evt_typ": "event_types",
+    "exp_aft": "expire_after",
     "frc_upd": "force_update", "ic": "icon", "img_e": "image_encoding",
     "json_attr_t": "json_attributes_topic", "json_attr_tpl": "json_attributes_template",
     "max": "max", "min": "min", "mode": "mode", "name": "name", "o": "origin",
@@ -220,6 +221,15 @@ def state(component: dict[str, Any], payloads: Iterable[bytes]) -> Any:
         text = render_value(tpl, payload) if tpl else payload.decode()
         if platform == "sensor":
             current = _sensor_value(component, text, current)
+        elif platform == "binary_sensor":
+            # binary_sensor.py state_message_received: payload_on / payload_off (default ON /
+            # OFF) after the template, None for unknown; an empty rendering or anything else
+            # leaves the state as it was.
+            on = component.get("payload_on", "ON")
+            off = component.get("payload_off", "OFF")
+            current = {on: "on", off: "off", PAYLOAD_NONE: None}.get(text, current)
+        elif platform == "event":
+            current = _event(component, text, current)
         elif platform == "light":
             current = {"on": "on", "off": "off", PAYLOAD_NONE: None}.get(text, current)
         elif platform == "switch":
@@ -246,9 +256,28 @@ def state(component: dict[str, Any], payloads: Iterable[bytes]) -> Any:
     return current
 
 
+def _event(component: dict[str, Any], text: str, current: Any) -> Any:
+    """event.py _event_received: the (rendered) payload is a JSON object whose `event_type`,
+    one of `event_types`, names the event and whose other keys are its attributes; an empty
+    payload, one that is not a JSON object or without `event_type`, or of another type, is
+    logged and ignored. (A retained message is ignored too: the event topic is not retained.)
+    The state here is the last event, {"event_type": ..., **attributes}."""
+    if not text or text in (PAYLOAD_NONE, "{}"):
+        return current
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return current
+    if not isinstance(doc, dict) or str(doc.get("event_type")) not in component["event_types"]:
+        return current
+    return doc
+
+
 def _sensor_value(component: dict[str, Any], text: str, current: Any) -> Any:
-    """sensor.py _update_state: a numeric sensor ignores an empty value; a timestamp sensor
-    takes only what parses as a date and time (shown here as the text)."""
+    """sensor.py _update_state: `None` is unknown; a numeric sensor ignores an empty value; a
+    timestamp sensor takes only what parses as a date and time (shown here as the text)."""
+    if text == PAYLOAD_NONE:
+        return None
     numeric = any(k in component for k in ("state_class", "unit_of_measurement",
                                              "suggested_display_precision"))
     if numeric:

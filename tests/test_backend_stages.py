@@ -140,19 +140,22 @@ def test_closing_returns_what_could_not_be_done():
 # Which backend modules may import which: each only from layers below its own. Storage and
 # everything under it knows nothing of MQTT; reassembly knows nothing of storage.
 LAYERS = [
-    {"names", "records", "ratelog"},
-    {"protocol", "jpeg"},
+    {"names", "records", "ratelog", "layout", "motion", "people", "faces"},
+    {"protocol", "jpeg", "analysis_worker"},
     {"documents", "index", "reassembly", "ledger"},
-    {"storage"},
+    {"reconcile", "findings"},
+    {"storage", "framestorage", "annotate"},
     {"config", "lanes"},
-    {"store", "session", "discovery", "nodes"},
-    {"homeassistant", "announce", "confirm", "connection"},
+    {"store", "session", "discovery", "nodes", "analyse"},
+    {"homeassistant", "announce", "confirm", "connection", "doorbell"},
     {"frames"},
     {"intake"},
     {"subscriber"},
-    {"cli", "commands", "forget", "health", "brokerusers"},
+    {"cli", "commands", "forget", "health", "brokerusers", "facescli"},
 ]
 MQTT_FREE = {"names", "records", "ratelog", "protocol", "documents", "jpeg", "index",
+             "framestorage", "layout", "reconcile",
+             "motion", "people", "faces", "findings", "annotate", "analysis_worker", "analyse",
              "reassembly", "ledger",
              "storage", "config", "lanes", "store", "nodes", "discovery"}
 

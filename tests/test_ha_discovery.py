@@ -72,7 +72,18 @@ PLATFORMS: dict[str, tuple[set[str], set[str]]] = {
     "sensor": ({"state_topic"}, {"value_template", "device_class", "unit_of_measurement",
                                  "state_class", "suggested_display_precision", "expire_after",
                                  "force_update"}),
+    # binary_sensor.py PLATFORM_SCHEMA (MQTT_RO_SCHEMA: state_topic required).
+    "binary_sensor": ({"state_topic"}, {"value_template", "device_class", "payload_on",
+                                        "payload_off", "off_delay", "expire_after",
+                                        "force_update"}),
+    # event.py _PLATFORM_SCHEMA_BASE (2023.8 on): event_types required, device_class one of
+    # EventDeviceClass (button, doorbell, motion); the payload is a JSON object with
+    # `event_type`, the rest its attributes.
+    "event": ({"state_topic", "event_types"}, {"value_template", "device_class"}),
 }
+EVENT_DEVICE_CLASSES = {"button", "doorbell", "motion"}
+# BinarySensorDeviceClass (binary_sensor/__init__.py), the ones espcam uses or might.
+BINARY_SENSOR_DEVICE_CLASSES = {"motion", "occupancy", "presence", "moving"}
 AVAILABILITY_ENTRY = {"topic", "payload_available", "payload_not_available", "value_template"}
 ROOT_KEYS = {"device", "origin", "components", *SHARED_OPTIONS}
 # home-assistant.io integrations/mqtt, "Discovery topic": the object id's characters.
@@ -191,7 +202,15 @@ def test_every_component_has_its_platforms_required_options_and_nothing_unknown(
         "interval", "frame_size", "quality", "flash_on_capture"}
     assert {k for k, p in platforms.items() if p == "sensor"} == {
         "rssi", "heap_free", "uptime", "last_capture", "frames_stored", "frames_lost",
-        "reset_cause", "wake"}
+        "reset_cause", "wake", "last_person"}
+    # The doorbell and what analysis finds (the dev extra installs the faces extra).
+    assert platforms["doorbell"] == "event"
+    assert comps["doorbell"]["device_class"] in EVENT_DEVICE_CLASSES
+    assert comps["doorbell"]["event_types"] == ["ring", "known_person", "unknown_person"]
+    assert {k for k, p in platforms.items() if p == "binary_sensor"} == {"motion", "person"}
+    assert comps["motion"]["device_class"] == "motion"
+    for key in ("motion", "person"):
+        assert comps[key]["device_class"] in BINARY_SENSOR_DEVICE_CLASSES
     assert comps["last_capture"]["device_class"] == "timestamp"
     assert comps["rssi"]["unit_of_measurement"] == "dBm"
     assert comps["uptime"]["unit_of_measurement"] == "s"
@@ -396,3 +415,48 @@ def test_discovery_off_and_other_prefix_are_settings(broker, tmp_path, observer)
     finally:
         watcher.close()
         cam.stop()
+
+
+def test_analysis_entities_and_the_doorbell_read_what_the_backend_and_node_publish(doc):
+    """What Home Assistant shows from the backend's findings document (backend/doorbell.py
+    `document`) and from the doorbell topic (docs/protocol.md, "Doorbell events")."""
+    from espcam.backend.doorbell import document, person_event
+    from espcam.backend.findings import Findings
+
+    comps = components(doc)
+    seen = Findings(NODE, 7, 1, file="/data/x.jpg", trigger="button", motion=4.2, moved=True,
+                    faces=[{"box": [1, 2, 3, 4], "name": "alice", "distance": 0.31}],
+                    last_person="alice", last_person_at=1763980000.0)
+    empty = Findings(NODE, 8, 2, motion=0.1, moved=False, last_person="alice")
+    nobody_yet = Findings(NODE, 1, 3)
+    def payload(f: Findings) -> bytes:
+        return json.dumps(document(f)).encode()
+
+    topic = f"espcam/_backend/analysis/{NODE}"
+    for key in ("motion", "person", "last_person"):
+        assert comps[key]["state_topic"] == topic
+    assert state(comps["motion"], [payload(seen)]) == "on"
+    assert state(comps["motion"], [payload(seen), payload(empty)]) == "off"
+    assert state(comps["person"], [payload(seen)]) == "on"
+    assert state(comps["person"], [payload(seen), payload(empty)]) == "off"
+    assert state(comps["last_person"], [payload(seen), payload(empty)]) == "alice"
+    assert state(comps["last_person"], [payload(nobody_yet)]) is None
+    # `espcam forget` clears the retained topic: off and unknown, not a template error.
+    assert state(comps["motion"], [payload(seen), b""]) == "off"
+    assert state(comps["last_person"], [payload(seen), b""]) is None
+    # The backend's figures: available while the backend is, whatever the node does.
+    for key in ("motion", "person", "last_person"):
+        assert availability(comps[key], [("espcam/_backend/availability", b"online"),
+                                          (f"espcam/{NODE}/availability", b"offline")])
+    bell = comps["doorbell"]
+    ring = {"event_type": "ring", "at": 1763980000.5, "frame": 7}
+    known = person_event(seen)
+    stranger = person_event(Findings(NODE, 9, 4, faces=[{"box": [0, 0, 9, 9], "name": None,
+                                                         "distance": 0.8}]))
+    assert known["event_type"] == "known_person" and known["name"] == "alice"
+    assert stranger["event_type"] == "unknown_person" and "name" not in stranger
+    events = [json.dumps(e).encode() for e in (ring, known, stranger)]
+    assert state(bell, events[:1]) == ring
+    assert state(bell, events[:2]) == known
+    assert state(bell, events) == stranger
+    assert state(bell, [*events, b'{"event_type": "knock"}', b"", b"not json"]) == stranger

@@ -165,5 +165,7 @@ def test_a_deep_sleep_the_chip_refuses_leaves_the_board_usable(tmp_path):
     lines = lines_ok(run_mpy("deepsleep_check.py", extra_path=[BOARD_LIB], cwd=tmp_path,
                              env={"ESPCAM_SIM_DIR": str(tmp_path)}))
     assert lines[0].startswith("refused ")
-    assert lines[1:] == ["flash True", "ext0 None"]
+    assert lines[1:] == ["flash True", "ext0 None",
+                         "armed ((12, 0), [13], True)",   # the button on ext0, the PIR on ext1
+                         "ext0 None ext1 None"]
     assert not (tmp_path / "exit.json").exists()   # the chip never stopped

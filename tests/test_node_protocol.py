@@ -47,7 +47,8 @@ def test_node_tables_agree_with_protocol_json():
     assert {f"command {c}" for c in spec["commands"]["names"]} <= checked
     assert {f"setting {s}" for s in spec["settings"]} <= checked
     assert {"versions read", "topic dropped", "topic confirm", "confirm", "dropped",
-            "dropped reasons", "spool kinds"} <= checked
+            "dropped reasons", "spool kinds", "topic doorbell", "ring", "ring size",
+            "button trigger and wake"} <= checked
     extra = {ln.split(": ", 1)[1] for ln in lines if ln.startswith("extra dropped reason: ")}
     assert extra <= EXTRA_REASONS
     assert [ln for ln in lines if not ln.startswith(("ok", "extra dropped reason: "))] == []

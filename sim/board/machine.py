@@ -3,6 +3,10 @@
 # written by the runner), pins.json (levels of output pins), rtc.bin (RTC memory), wdt.json and
 # wdt (watchdog timeout and heartbeat), ctl/ (injected events), exit.json (why the chip stopped),
 # sd/ (the microSD card's files).
+# What drives the input pins: a PIR on any input without a pull resistor (ctl/pir_high: its
+# output is high; ctl/motion: a rising edge), and a push button on the pin that ctl/button or
+# ctl/button_held name ({"pin", "level"}: the level pressing it gives). An input nothing drives
+# reads its pull: 1 with PULL_UP, else 0.
 import errno
 import json
 import os
@@ -36,6 +40,7 @@ RTC_GPIOS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39
 
 _levels = {}     # pin id -> level driven (outputs) or read (inputs)
 _modes = {}
+_pulls = {}      # pin id -> Pin.PULL_UP or Pin.PULL_DOWN (inputs with a pull resistor on)
 _held = {}
 _irqs = {}       # pin id -> (trigger, handler)
 _pins = {}       # one Pin object per GPIO, as on the board
@@ -88,6 +93,8 @@ class Pin:
             if mode in (Pin.OUT, Pin.OPEN_DRAIN) and i in _INPUT_ONLY:
                 raise ValueError("pin can only be input")
             _modes[i] = mode
+        if pull != -1:
+            _pulls[i] = pull
         if value is not None:
             self.value(value)
         elif mode in (Pin.OUT, Pin.OPEN_DRAIN) and i not in _levels:
@@ -101,8 +108,8 @@ class Pin:
     def value(self, v=None):
         i = self._id
         if v is None:
-            if _modes.get(i) == Pin.IN and _sb.ctl("pir_high"):
-                return 1   # the PIR output held high (SimNode.pir_high)
+            if _modes.get(i) == Pin.IN:
+                return input_level(i)
             return _levels.get(i, 0)
         if _held.get(i):
             return None
@@ -130,18 +137,42 @@ class Pin:
         return None
 
 
+def input_level(i):
+    # What input pin i reads now (see the top of this file).
+    held = _sb.read_json(_sb.path("ctl", "button_held"))
+    if held and held.get("pin") == i:
+        return 1 if held.get("level") else 0
+    pull = _pulls.get(i)
+    if pull:
+        return 1 if pull == Pin.PULL_UP else 0
+    if _sb.ctl("pir_high"):
+        return 1   # the PIR output held high (SimNode.pir_high)
+    return _levels.get(i, 0)
+
+
 def idle():
-    # On the board: yield to other tasks, return at once. Here also where injected events
-    # (ctl/motion: a rising edge on every input pin with a rising-edge handler) are delivered,
-    # and where the runner's orderly stop (ctl/poweroff) takes effect: the app calls idle()
-    # between frames, so the power goes off only once the frame being sent has been sent.
+    # On the board: yield to other tasks, return at once. Here also where injected events are
+    # delivered (ctl/motion: a rising edge on every input pin without a pull that has a
+    # rising-edge handler; ctl/button: "edges" edges toward the pressed level on the button's
+    # pin, a bouncing contact, at once), and where the runner's orderly stop (ctl/poweroff)
+    # takes effect: the app calls idle() between frames, so the power goes off only once the
+    # frame being sent has been sent.
     if _sb.ctl("poweroff"):
         _sb.exit_board("poweroff")
-    if _irqs and _sb.take_ctl("motion"):
+    if not _irqs:
+        return None
+    if _sb.take_ctl("motion"):
         for i in _irqs:
             trig, handler = _irqs[i]
-            if trig & Pin.IRQ_RISING and _modes.get(i) == Pin.IN:
+            if trig & Pin.IRQ_RISING and _modes.get(i) == Pin.IN and not _pulls.get(i):
                 handler(_pins[i])
+    press = _sb.read_json(_sb.path("ctl", "button"))
+    if press is not None and _sb.take_ctl("button"):
+        i = press.get("pin")
+        edge = Pin.IRQ_RISING if press.get("level") else Pin.IRQ_FALLING
+        if i in _irqs and _modes.get(i) == Pin.IN and _irqs[i][0] & edge:
+            for _ in range(press.get("edges", 1)):
+                _irqs[i][1](_pins[i])
     return None
 
 
@@ -196,12 +227,27 @@ def deepsleep(time_ms=0):
         ext0, level = esp32._ext0
     except (ImportError, AttributeError, TypeError):
         ext0, level = None, None
+    try:
+        ext1, ext1_level = esp32._ext1
+    except (NameError, AttributeError, TypeError):
+        ext1, ext1_level = None, None
     held = {}
     for i in _held:
         if _held[i] and i in RTC_GPIOS and i in _levels:
             held[str(i)] = _levels[i]
-    _sb.exit_board("deepsleep", {"ms": time_ms or None, "ext0": ext0, "level": level,
-                                 "held": held})
+    # The pulls of the pins armed for a wake: the runner reads a released button's level from
+    # them, as long as the RTC peripherals stay powered (ext0 armed).
+    pulls = {}
+    for i in ([ext0] if ext0 is not None else []) + list(ext1 or ()):
+        if _pulls.get(i):
+            pulls[str(i)] = 1 if _pulls[i] == Pin.PULL_UP else 0
+    extra = {"ms": time_ms or None, "ext0": ext0, "level": level, "held": held}
+    if ext1:
+        extra["ext1"] = list(ext1)
+        extra["ext1_level"] = ext1_level
+    if pulls:
+        extra["pulls"] = pulls
+    _sb.exit_board("deepsleep", extra)
 
 
 def reset():

@@ -100,4 +100,17 @@ same("dropped reasons", spool.REASONS[:len(drop["reasons"])], drop["reasons"])
 for r in spool.REASONS[len(drop["reasons"]):]:
     print("extra dropped reason:", r)
 same("spool kinds", sorted(config.SPOOL_BYTES), sorted(spec["state"]["spool_kinds"]))
+
+# The doorbell: the node's `ring` on its topic (which the backend publishes on too).
+same("topic doorbell", {"qos": protocol.DOORBELL_QOS, "retain": False},
+     {"qos": topics["doorbell"]["qos"], "retain": topics["doorbell"]["retain"]})
+ring = protocol.ring(1.5, 7)
+bell = spec["doorbell"]
+same("ring", {"keys": sorted(ring), "event_type": ring["event_type"], "listed": True},
+     {"keys": sorted(bell["ring"]["keys"]), "event_type": bell["ring"]["keys"]["event_type"],
+      "listed": ring["event_type"] in bell["event_types"]})
+same("ring size", len(json.dumps(protocol.ring(2 ** 31 + 0.5, protocol.MAX_FRAME_ID))) <= bell[
+    "max_bytes"], True)
+same("button trigger and wake", ["button" in chunk["triggers"], "button" in spec["state"]["wakes"]],
+     [True, True])
 print("done")

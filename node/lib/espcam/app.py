@@ -22,13 +22,16 @@ class Node(Loop):
         self.cfg = cfg
         self.boot_ms = time.ticks_ms()
         self.reset_cause = hw.reset_cause()
-        self.wake = hw.wake_reason() if self.reset_cause == "deepsleep" else "none"
+        self.wake = self._wake() if self.reset_cause == "deepsleep" else "none"
+        self.woke_at = hw.unix_time()   # the press, for a button wake: the RTC kept the clock
         rtc = self._rtc_read()
         self.ids = frames.FrameIds(rtc)
         # Kept in RTC memory, so deep sleep and resets do not forget them: the time of the last
         # motion capture (time.time(), which runs on through deep sleep), whether the chip was
         # already reset once to revive the camera, and the end of a sleep interrupted by a nap.
         self.motion_at = rtc.get("mt")
+        self.ring_at = rtc.get("rt")
+        self.ring_held = None     # a ring not published yet (the doorbell topic's JSON)
         self.cam_reset = rtc.get("cr") is True
         self.until = rtc.get("until")
         # The RAM spool's tombstones and held ids, until the spool is made (run(): a nap back to
@@ -60,6 +63,16 @@ class Node(Loop):
         for name in commands.COMMANDS:
             self.handlers[name] = getattr(self, "cmd_" + name)
 
+    def _wake(self):
+        # The button sleeps on ext0, the PIR on ext0 alone or on ext1 beside a button
+        # (hw.deepsleep): `pin` is the PIR, as before there was a button.
+        w = hw.wake_reason()
+        if w == "ext0":
+            return "button" if self.cfg["button_pin"] is not None else "pin"
+        if w == "ext1":
+            return "pin"
+        return w
+
     # -------------------------------------------------------------- RTC memory
 
     def _rtc_read(self):
@@ -76,6 +89,8 @@ class Node(Loop):
         d = {"fid": self.ids.last, "res": self.ids.reserved, "cap": self.ids.captured}
         if self.motion_at is not None:
             d["mt"] = self.motion_at
+        if self.ring_at is not None:
+            d["rt"] = self.ring_at
         if self.cam_reset:
             d["cr"] = True
         if self.until is not None:
@@ -215,6 +230,7 @@ class Node(Loop):
         cfg = self.cfg
         s = config.settings(cfg)
         s["motion"] = cfg["pir_pin"] is not None
+        s["button"] = cfg["button_pin"] is not None
         return {
             "proto": protocol.PROTO, "node": cfg["node_id"], "app": VERSION, "fw": hw.firmware(),
             "driver": hw.camera_driver(), "mac": hw.mac(), "ip": hw.wifi_ip(),
@@ -245,8 +261,9 @@ def default_node_id():
 def main():
     try:
         cfg = config.load(default_node_id())
+        node = Node(cfg)   # a broker.ca the firmware cannot use is found here (secure.py)
     except config.ConfigError as e:
         log("CONFIG ERROR:", e)
         log("the app is not running; fix config.json (docs/node.md) and reset the board")
         return
-    Node(cfg).run()
+    node.run()

@@ -26,6 +26,9 @@ DEFAULTS = {
     "node_id": None,          # default: "cam-" + last 3 bytes of the MAC
     "prefix": protocol.DEFAULT_PREFIX,
     "pir_pin": None,          # GPIO of a PIR sensor's output, e.g. 13
+    "button_pin": None,       # GPIO of a doorbell button, e.g. 12 (one of BUTTON_PINS)
+    "button_level": 0,        # 0: pressed pulls the pin to GND; 1: pressed drives it to 3.3 V
+    "ring_cooldown": 5,       # seconds after a ring during which the button rings no more
     "chunk_size": 4096,
     "keepalive": 60,
     "socket_timeout": 10,     # seconds any single socket operation may take
@@ -39,6 +42,11 @@ DEFAULTS = {
 
 # The default budget of each kind of spool (docs/node.md, "The spool", says why these).
 SPOOL_BYTES = {"ram": 1500000, "sd": 32000000}
+
+# GPIOs a doorbell button can use: the ESP32's RTC GPIOs (only they wake it from deep sleep)
+# that have the internal pull resistors a button needs (not the input-only 34 to 39), less
+# GPIO4, the ESP32-CAM's flash LED.
+BUTTON_PINS = (0, 2, 12, 13, 14, 15, 25, 26, 27, 32, 33)
 
 
 class ConfigError(Exception):
@@ -131,8 +139,18 @@ def check(cfg, default_node_id):
     broker = cfg.get("broker")
     _need(isinstance(broker, dict) and isinstance(broker.get("host"), str) and broker["host"],
           'config.json needs "broker": {"host": ..., "port": 1883}')
-    broker.setdefault("port", 1883)
+    tls = broker.setdefault("tls", False)
+    _need(tls is True or tls is False, "broker.tls must be true or false")
+    broker.setdefault("port", 8883 if tls else 1883)
     _need(type(broker["port"]) is int and 0 < broker["port"] < 65536, "broker.port is wrong")
+    if tls:
+        # Checked further (the certificate itself) when the connection is set up (secure.py).
+        ca = broker.get("ca")
+        _need(isinstance(ca, str) and ca.strip(), "broker.tls needs broker.ca: the CA "
+              "certificate (PEM) that signed the broker's, or the name of a file holding it")
+        name = broker.get("server_hostname")
+        _need(name is None or (isinstance(name, str) and name),
+              "broker.server_hostname must be the name in the broker's certificate")
     if cfg["node_id"] is None:
         cfg["node_id"] = default_node_id
     _need(protocol.valid_node_id(cfg["node_id"]),
@@ -150,6 +168,16 @@ def check(cfg, default_node_id):
           "chunk_size must be between %d and %d" % (protocol.MIN_CHUNK, protocol.MAX_CHUNK))
     pir = cfg["pir_pin"]
     _need(pir is None or (type(pir) is int and 0 <= pir <= 39), "pir_pin must be a GPIO number")
+    button = cfg["button_pin"]
+    if button is not None:
+        _need(type(button) is int and button in BUTTON_PINS,
+              "button_pin must be a GPIO that wakes the board from deep sleep and has a pull "
+              "resistor: one of %s" % ", ".join(str(p) for p in BUTTON_PINS))
+        _need(button != pir, "button_pin and pir_pin must be different GPIOs")
+    _need(cfg["button_level"] in (0, 1) and type(cfg["button_level"]) is int,
+          "button_level must be 0 (pressed pulls the pin low) or 1 (pressed drives it high)")
+    _need(type(cfg["ring_cooldown"]) is int and cfg["ring_cooldown"] >= 0,
+          "ring_cooldown must be a whole number of seconds")
     for k in ("keepalive", "socket_timeout", "wifi_timeout", "watchdog"):
         _need(type(cfg[k]) is int and cfg[k] >= 0, "%s must be a whole number of seconds" % k)
     # A socket timeout of 0 would make every read non-blocking; MQTT's keepalive has 16 bits.

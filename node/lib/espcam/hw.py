@@ -1,7 +1,7 @@
-# The node's only door to the hardware: camera, flash LED, PIR, microSD card, Wi-Fi, deep
-# sleep, reset and wake causes, RTC memory and the watchdog. Everything else in the app calls
-# these functions, so the same files run on an ESP32-CAM and, with host stand-ins for
-# camera/machine/network/esp32, on the MicroPython unix port.
+# The node's only door to the hardware: camera, flash LED, PIR, doorbell button, microSD card,
+# Wi-Fi, deep sleep, reset and wake causes, RTC memory and the watchdog. Everything else in the
+# app calls these functions, so the same files run on an ESP32-CAM and, with host stand-ins
+# for camera/machine/network/esp32, on the MicroPython unix port.
 import time
 
 import machine
@@ -249,6 +249,49 @@ def pir_take():
     return n
 
 
+# The doorbell button: a push button from its GPIO to GND (level 0, the internal pull-up holds
+# the pin high while it is released) or to 3.3 V (level 1, the internal pull-down). A contact
+# bounces for a few milliseconds: every edge toward the pressed level is counted, with the time
+# of the last, and the main loop takes them as one press once they have been quiet for the
+# debounce time.
+
+_button = None
+_button_level = 0
+_button_hits = 0
+_button_last = 0
+
+
+def _button_irq(pin):
+    # Interrupt context: no allocation (ticks_ms returns a small int).
+    global _button_hits, _button_last
+    _button_hits += 1
+    _button_last = time.ticks_ms()
+
+
+def button_start(pin_no, level):
+    global _button, _button_level
+    _button_level = level
+    P = machine.Pin
+    _button = P(pin_no, P.IN, P.PULL_DOWN if level else P.PULL_UP)
+    _button.irq(trigger=P.IRQ_RISING if level else P.IRQ_FALLING, handler=_button_irq)
+
+
+def button_pressed():
+    return _button is not None and _button.value() == _button_level
+
+
+def button_take(debounce_ms):
+    # True once for every press: edges that came within debounce_ms of each other are one, and
+    # it is taken only when debounce_ms have passed since the last of them.
+    global _button_hits
+    state = machine.disable_irq()
+    hit = _button_hits and time.ticks_diff(time.ticks_ms(), _button_last) >= debounce_ms
+    if hit:
+        _button_hits = 0
+    machine.enable_irq(state)
+    return bool(hit)
+
+
 def idle():
     # Lets the CPU rest until the next interrupt; the host stand-in delivers injected events here.
     machine.idle()
@@ -349,15 +392,17 @@ def reset_cause():
 
 
 def wake_reason():
+    # "timer", "ext0", "ext1", "none" or "other": which input woke the chip is the app's to say
+    # (deepsleep() below puts the button on ext0 and, with a button, the PIR on ext1).
     try:
         w = machine.wake_reason()
     except Exception:
         return "none"
     if w == getattr(machine, "TIMER_WAKE", None):
         return "timer"
-    for name in ("PIN_WAKE", "EXT0_WAKE", "EXT1_WAKE"):
+    for name, label in (("EXT0_WAKE", "ext0"), ("PIN_WAKE", "ext0"), ("EXT1_WAKE", "ext1")):
         if w == getattr(machine, name, None):
-            return "pin"
+            return label
     if not w:
         return "none"
     return "other"
@@ -377,11 +422,17 @@ def rtc_save(data):
         pass
 
 
-def deepsleep(ms, pir_pin=None):
+def deepsleep(ms, pir_pin=None, button=False):
     # Never returns on a board unless machine.deepsleep() raises (OverflowError beyond
-    # 2**31 - 1 ms): then the holds and the PIR wake are undone and the error re-raised, with
-    # the camera off and Wi-Fi down. The flash LED pin is driven low and held, or it floats and
-    # the LED glows through the whole sleep. pir_pin: arm the PIR wake on that pin.
+    # 2**31 - 1 ms): then the holds and the wakes are undone and the error re-raised, with the
+    # camera off and Wi-Fi down. The flash LED pin is driven low and held, or it floats and the
+    # LED glows through the whole sleep. pir_pin: arm the PIR's wake on that pin. button: arm
+    # the doorbell button's wake (button_start() first).
+    # The button takes ext0: ext0 keeps the RTC peripherals powered through the sleep, and with
+    # them the internal pull that holds a released button's pin at its idle level (ext1 alone
+    # lets ESP-IDF power them down, and the pin would float). The PIR drives its output both
+    # ways and needs no pull: ext0 when there is no button, else ext1 (one pin, any high), so
+    # that the wake reason tells the two apart.
     camera_deinit()
     sd_release()
     flash(False)
@@ -394,9 +445,14 @@ def deepsleep(ms, pir_pin=None):
             esp32.gpio_deep_sleep_hold(True)
         except Exception:
             pass
+        if button:
+            esp32.wake_on_ext0(pin=_button, level=_button_level)
         if pir_pin is not None:
-            esp32.wake_on_ext0(pin=machine.Pin(pir_pin, machine.Pin.IN),
-                               level=esp32.WAKEUP_ANY_HIGH)
+            pir = machine.Pin(pir_pin, machine.Pin.IN)
+            if _button is None:
+                esp32.wake_on_ext0(pin=pir, level=esp32.WAKEUP_ANY_HIGH)
+            else:
+                esp32.wake_on_ext1(pins=(pir,), level=esp32.WAKEUP_ANY_HIGH)
     wifi_off()
     try:
         machine.deepsleep(ms)
@@ -405,6 +461,7 @@ def deepsleep(ms, pir_pin=None):
             try:
                 esp32.gpio_deep_sleep_hold(False)
                 esp32.wake_on_ext0(None, esp32.WAKEUP_ANY_HIGH)
+                esp32.wake_on_ext1(None, esp32.WAKEUP_ANY_HIGH)
             except Exception:
                 pass
         release_holds()

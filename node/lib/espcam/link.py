@@ -1,6 +1,6 @@
 # The node's connection to the broker: its topics, the connect sequence (session, command and
 # confirmation subscriptions, `online`) and the watch on a link that has gone quiet, over the
-# node's own MQTT client (mqtt.py).
+# node's own MQTT client (mqtt.py), in TLS when broker.tls says so (secure.py).
 import time
 
 from espcam import mqtt, protocol
@@ -12,9 +12,13 @@ class Link:
         node = cfg["node_id"]
         self.base = cfg["prefix"] + "/" + node + "/"
         self.keepalive = cfg["keepalive"]
+        wrap = None
+        if b.get("tls"):
+            from espcam import secure
+            wrap = secure.wrapper(b)
         self.mq = mqtt.MQTT(node, b["host"], b["port"], b.get("user"), b.get("password"),
                             self.keepalive, cfg["socket_timeout"],
-                            (self.topic("availability"), b"offline", True, 1))
+                            (self.topic("availability"), b"offline", True, 1), wrap)
         self.mq.cb = on_message
         self.up = False
 

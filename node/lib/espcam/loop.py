@@ -30,6 +30,10 @@ class Loop(Power):
             log("wifi up, ip", ip)
             if hw.unix_time() is None:
                 hw.sync_clock()
+        elif cfg["broker"]["tls"] and hw.unix_time() is None:
+            # mbedtls checks the certificate's dates against the clock: without NTP every
+            # handshake fails, so every attempt tries NTP again.
+            hw.sync_clock()
         # The connection's objects live as long as it does: collect first, so that they land at
         # the bottom of the heap instead of splitting the free space a frame needs.
         gc.collect()
@@ -38,6 +42,7 @@ class Loop(Power):
         self.backoff = 1000
         self.next_ping = time.ticks_add(time.ticks_ms(), cfg["keepalive"] * 500)
         self.publish_state()
+        self.publish_ring()   # a ring made while offline, before its frame is sent again
         # Everything held goes out again once the confirms queued in the session are in.
         self.settle_at = time.ticks_add(time.ticks_ms(), SETTLE_MS)
         self.before = self.ids.last   # frames up to this one were captured before this connect
@@ -57,7 +62,10 @@ class Loop(Power):
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_MS)
 
     def first_capture(self):
-        # What this boot owes: a motion wake, a duty-cycle wake, or the first interval frame.
+        # What this boot owes: a ring, a motion wake, a duty-cycle wake, or the first interval
+        # frame.
+        if self.wake == "button":
+            return "button"
         if self.wake == "pin":
             return "motion"
         if self.cfg["sleep_interval"]:
@@ -119,15 +127,25 @@ class Loop(Power):
             self._rtc_write()
             hw.reset()
 
+    def owe(self, trigger):
+        # What first_capture() said this boot owes: a button wake rings first.
+        if trigger == "button":
+            self.ring(self.woke_at)
+        else:
+            self.capture(trigger)
+
     def run(self):
         cfg = self.cfg
         log("app", VERSION, "node", cfg["node_id"], "reset", self.reset_cause, "wake", self.wake)
         hw.release_holds()
+        # The inputs first: a nap back to sleep (rest) reads them to decide which to arm.
+        if cfg["button_pin"] is not None:
+            hw.button_start(cfg["button_pin"], cfg["button_level"])
+        if cfg["pir_pin"] is not None:
+            hw.pir_start(cfg["pir_pin"])
         self.rest()
         if cfg["watchdog"]:
             hw.watchdog_start(cfg["watchdog"] * 1000)
-        if cfg["pir_pin"] is not None:
-            hw.pir_start(cfg["pir_pin"])
         self.camera_start()
         self.start_spool()
         owed = self.first_capture()
@@ -146,7 +164,7 @@ class Loop(Power):
                         trigger, owed = owed, None
                         self.duty_owed = bool(cfg["sleep_interval"])
                         try:
-                            self.capture(trigger)
+                            self.owe(trigger)
                         except Exception as e:
                             log("capture failed:", repr(e))
                     if cfg["sleep_interval"] and \
@@ -158,7 +176,7 @@ class Loop(Power):
                     trigger, owed = owed, None
                     self.duty_owed = bool(cfg["sleep_interval"])
                     try:
-                        self.capture(trigger)
+                        self.owe(trigger)
                     except Exception as e:
                         log("link lost while sending:", repr(e))
                         self.link.close()

@@ -3,12 +3,16 @@
 # what the backend confirms. A part of app.Node (a base class), in a module of its own so that
 # a board running .py files compiles the app in pieces (docs/node.md, "Memory").
 import gc
+import json
 import time
 
 from espcam import config, frames, hw, protocol, spool
 
 CONFIRMS_MAX = 16         # confirm documents waiting; one lost costs a resend, then a confirm
 DROPPED_BURST = 4         # dropped messages per pass of the loop, so commands are not kept waiting
+# A button contact bounces for a few ms; edges closer together than this are one press. Shorter
+# than any press a hand makes, and the ring waits for it at most once.
+DEBOUNCE_MS = 50
 
 
 def log(*args):
@@ -40,6 +44,8 @@ class Outbox:
 
     def _captures_due(self, now):
         cfg = self.cfg
+        if cfg["button_pin"] is not None and hw.button_take(DEBOUNCE_MS):
+            self.ring()
         if cfg["pir_pin"] is not None and hw.pir_take():
             if self.cooldown_left(time.time()) > 0:
                 log("motion ignored: cooldown")
@@ -49,9 +55,40 @@ class Outbox:
             self._schedule_interval()
             self.capture("interval")
 
-    def capture(self, trigger, cid=None):
+    def ring(self, at=None):
+        # A press of the doorbell button: the `ring` goes out at once, before the camera is
+        # even touched, so that a chime does not wait for the picture; then the frame it names
+        # (trigger `button`). Without a connection the ring waits for the next one (connect()
+        # publishes it before anything is sent again), with the time of the press. at: that
+        # time, when the press was earlier than now (a button wake). Returns the frame id.
+        now = time.time()
+        if self.ring_left(now) > 0:
+            log("ring ignored: within ring_cooldown of the last one")
+            return None
+        self.ring_at = now
+        fid = self.ids.next()
+        self._rtc_write()   # the id is given out now: never again, even if the capture fails
+        doc = json.dumps(protocol.ring(hw.unix_time() if at is None else at, fid))
+        self.ring_held = doc
+        if self.link.up:
+            try:
+                self.publish_ring()
+            except Exception as e:
+                log("link lost while ringing:", repr(e))
+                self.link.close()
+        log("ring, frame", fid)
+        self.capture("button", None, fid)
+        return fid
+
+    def publish_ring(self):
+        if self.ring_held is not None:
+            self.link.publish("doorbell", self.ring_held, qos=protocol.DOORBELL_QOS)
+            self.ring_held = None
+
+    def capture(self, trigger, cid=None, fid=None):
         # Captures one frame into the spool and, if the link is up, sends it at once. Returns
-        # its id, or None (self.why says why).
+        # its id, or None (self.why says why). fid: the id already given to this frame (a
+        # ring names it before the capture); a capture that fails leaves it unused.
         cfg = self.cfg
         self.spool.before_camera(hw.camera_frames_on_heap())
         gc.collect()
@@ -87,7 +124,8 @@ class Outbox:
             log("metadata too long: command id", cid, "left out of the frame")
         if trigger == "motion":
             self.motion_at = time.time()
-        fid = self.ids.next()
+        if fid is None:
+            fid = self.ids.next()
         frame = frames.Frame(fid, buf, meta)
         buf = None
         self.spool.add(frame)

@@ -1,13 +1,14 @@
 # Deep sleep (docs/node.md, "On `sleep` or a duty cycle"): saying goodbye, waiting for the
-# confirmations a RAM spool would otherwise lose, the PIR's wake and cooldown, and when a
-# duty-cycle node is done for this wake. A part of app.Node (a base class), in a module of its
-# own so that a board running .py files compiles the app in pieces (docs/node.md, "Memory").
+# confirmations a RAM spool would otherwise lose, the PIR's and the doorbell button's wakes and
+# cooldowns, and when a duty-cycle node is done for this wake. A part of app.Node (a base
+# class), in a module of its own so that a board running .py files compiles the app in pieces
+# (docs/node.md, "Memory").
 import time
 
 from espcam import hw
 from espcam.outbox import Outbox, log
 
-PIR_RECHECK_S = 5         # a PIR output still high when going to sleep: look again after this
+RECHECK_S = 5             # a PIR output still high, a button still held: look again after this
 
 
 class Power(Outbox):
@@ -69,29 +70,50 @@ class Power(Outbox):
         return min(self.motion_at + self.cfg["motion_cooldown"] - now,
                    self.cfg["motion_cooldown"])
 
+    def ring_left(self, now):
+        if self.ring_at is None:
+            return 0
+        return min(self.ring_at + self.cfg["ring_cooldown"] - now, self.cfg["ring_cooldown"])
+
     def doze(self, end, left=None):
-        # Deep sleep until `end` (time.time() seconds). ext0 wakes on a level, so a PIR output
-        # still high would wake the chip at once, and within the motion cooldown a PIR wake
-        # would only be ignored: then sleep by timer until the PIR can be armed, and come back
-        # to sleep out the rest with it armed (run() does that before anything else).
-        pir = self.cfg["pir_pin"]
+        # Deep sleep until `end` (time.time() seconds). The ESP32 wakes on a level, not an edge:
+        # a PIR output still high, or a button still held, would wake the chip at once, and
+        # within a cooldown the wake would only be ignored. Such an input is not armed: the
+        # chip sleeps by timer until it can be, and comes back to sleep out the rest with it
+        # armed (run() does that before anything else). The other input stays armed meanwhile.
+        cfg = self.cfg
         if left is None:
             left = max(1, end - time.time())
-        arm = None
-        self.until = None
+        now = time.time()
+        wait = None
+        pir = cfg["pir_pin"]
         if pir is not None:
-            wait = self.cooldown_left(time.time())
+            w = self.cooldown_left(now)
             if hw.pir_high(pir):
-                wait = max(wait, PIR_RECHECK_S)
-            if wait <= 0:
-                arm = pir
-            elif wait < left:
-                self.until = end
-                left = wait
+                w = max(w, RECHECK_S)
+            if w > 0:
+                pir = None
+                wait = w
+        button = cfg["button_pin"] is not None
+        if button:
+            w = self.ring_left(now)
+            if hw.button_pressed():
+                w = max(w, RECHECK_S)
+            if w > 0:
+                button = False
+                wait = w if wait is None or w < wait else wait
+        self.until = None
+        if wait is not None and wait < left:
+            self.until = end
+            left = wait
         if self.spool is not None:
             self.spool.sleeping()
         self._rtc_write()
-        hw.deepsleep(int(left * 1000), arm)
+        if button:
+            hw.deepsleep(int(left * 1000), pir, True)
+        else:
+            # bench/mpy/duty_main.py wraps deepsleep(ms, pir_pin): no third argument unless needed.
+            hw.deepsleep(int(left * 1000), pir)
 
     def rest(self):
         # A timer wake in the middle of a sleep (see doze): back to sleep at once, no Wi-Fi.

@@ -20,6 +20,7 @@ DEFAULT_PREFIX = "espcam"
 # QoS of what version 2 added: the node publishes `dropped` and subscribes to `confirm` at these.
 DROPPED_QOS = 1
 CONFIRM_QOS = 1
+DOORBELL_QOS = 1    # the doorbell topic: the node's `ring`, not retained
 
 _ID_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ID_REST = _ID_FIRST + "_-"
@@ -64,3 +65,9 @@ def pack_header(buf, off, flags, frame_id, total_len, crc, chunk_size, index, co
     # Writes into a caller-owned buffer so the publish loop allocates nothing per chunk.
     struct.pack_into(HEADER, buf, off, MAGIC, PROTO, flags, frame_id, total_len, crc,
                      chunk_size, index, count, meta_len, 0)
+
+
+def ring(at, frame_id):
+    # The doorbell event of a press of the node's button (docs/protocol.md, "Doorbell events"):
+    # at, unix seconds or None without a clock; the id of the frame captured for it.
+    return {"event_type": "ring", "at": at, "frame": frame_id}
