@@ -14,7 +14,7 @@ from typing import Any
 
 from espcam.backend import discovery
 from espcam.backend.nodes import NodeBook
-from espcam.backend.protocol import backend_topic, topic
+from espcam.backend.protocol import RETAINED_NODE_TOPICS, backend_topic, topic
 from espcam.backend.records import StoredFrame
 
 log = logging.getLogger("espcam.announce")
@@ -65,7 +65,8 @@ class Announcer:
         self._publish(backend_topic(self.prefix, "status"), json.dumps(doc), True, 1)
 
     def forget(self, node: str) -> None:
-        """Clear what is retained about the node (its availability, state, image, report)."""
-        for kind in ("availability", "state", "image"):
+        """Clear what is retained about the node (every retained topic of its own, and its
+        report)."""
+        for kind in RETAINED_NODE_TOPICS:
             self._publish(topic(self.prefix, node, kind), b"", True, 1)
         self._publish(discovery.report_topic(self.prefix, node), b"", True, 1)

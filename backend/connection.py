@@ -6,8 +6,9 @@ The session is persistent (fixed client id, clean_session false): the broker que
 while the backend is away. QoS 1 messages are acknowledged by hand, and a frame's (its last
 chunk) only once the frame is stored or given up, so a backend killed with frames in memory
 gets those messages again from the broker after a restart (docs/backend.md, "What survives a
-crash"). Ready means subscribed: until the broker has granted the subscriptions, a chunk
-published reaches no one, so neither the loop nor `espcam health` call the backend ready.
+crash"). Ready means subscribed: until the broker has granted the subscriptions (or says it
+kept them, with the session), a chunk published reaches no one, so neither the loop nor
+`espcam health` call the backend ready.
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ class Connection:
                  flags.session_present)
         # Subscribing again is harmless when the session survived and needed when it did not.
         _, self._sub_mid = client.subscribe([(t, 1) for t in self.topics])
+        if flags.session_present:
+            # The broker kept this session's subscriptions, so chunks reach the backend already;
+            # its SUBACK may wait behind thousands of messages queued while it was away, and
+            # must not hold readiness (and `online`) back until they are all read.
+            self._now_ready(client)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[ReasonCode], properties: Properties | None) -> None:
@@ -135,7 +141,12 @@ class Connection:
             # receive nothing, so say which, loudly, and stay not ready.
             log.error("broker %s refused the subscriptions %s: check the backend's broker user "
                       "and the ACL", self.settings.broker, ", ".join(refused))
+            self.ready.clear()
             return
+        if not self.ready.is_set():
+            self._now_ready(client)
+
+    def _now_ready(self, client: mqtt.Client) -> None:
         client.publish(self.will_topic, "online", qos=1, retain=True)
         self.connections += 1
         self.ready.set()

@@ -27,6 +27,7 @@ REPORT = "report"  # the backend's retained per-node report, <prefix>/_backend/n
 IMAGE = "image"  # the backend's retained latest JPEG, <prefix>/<node>/image
 ANALYSIS = "analysis"  # the backend's retained findings, <prefix>/_backend/analysis/<node>
 DOORBELL = "doorbell"  # doorbell events (not retained), <prefix>/<node>/doorbell
+UPDATE = "update"  # the backend's retained update entity state, <prefix>/<node>/update
 
 # Which availability an entity follows.
 NODE_AND_BACKEND = "node"  # node online or sleeping, and the backend online
@@ -57,6 +58,7 @@ ABBREVIATIONS: dict[str, str] = {
     "payload_off": "pl_off",
     "payload_on": "pl_on",
     "payload_press": "pl_prs",
+    "payload_install": "pl_inst",
     "platform": "p",
     "qos": "qos",
     "state_class": "stat_cla",
@@ -153,6 +155,10 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("frames_lost", "sensor", "Frames lost", source=REPORT, path="frames_lost",
            options={"state_class": "total_increasing", "icon": "mdi:image-broken",
                     **DIAGNOSTIC}, availability=BACKEND_ONLY),
+    # Updates over MQTT (backend/ota.py keeps the state): available while the node sleeps,
+    # since a sleeping node takes its update when it wakes.
+    Entity("firmware", "update", "Node app", source=UPDATE,
+           options={"device_class": "firmware"}, availability=BACKEND_ONLY),
 )
 
 # The doorbell: the node's `ring` and the backend's person events, read as they are published
@@ -314,6 +320,12 @@ def component(entity: Entity, prefix: str, node: str) -> dict[str, Any]:
     elif entity.platform == "event":
         # The payload is the event as it is: {"event_type": ..., attributes...}.
         c.update(state_topic=state_topic[entity.source])
+    elif entity.platform == "update":
+        # The state is HA's own JSON (installed_version, latest_version, in_progress, ...);
+        # Install goes to the backend, which holds the signed offer.
+        node_base = f"{prefix}/{check_node_id(node)}/"
+        c.update(state_topic=node_base + "update", command_topic=node_base + "ota/install",
+                 payload_install="install", qos=1)
     else:
         raise ValueError(f"entity {entity.key}: no builder for platform {entity.platform!r}")
     c.update(entity.options)

@@ -202,6 +202,30 @@ def parse_ack(payload: bytes) -> Ack:
     )
 
 
+# --- any JSON object from the network ---------------------------------------------------
+
+MAX_STATE_BYTES = 16 * 1024  # a state document; also the bound for updates' small documents
+
+
+class BadDocument(ValueError):
+    pass
+
+
+def parse_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """A JSON object from the network, bounded in size; anything else raises BadDocument."""
+    if len(payload) > max_bytes:
+        raise BadDocument(f"{len(payload)} bytes, more than {max_bytes}")
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except ValueError as e:  # also an integer of thousands of digits
+        raise BadDocument(f"not UTF-8 JSON: {str(e)[:80]}") from None
+    except RecursionError:
+        raise BadDocument("JSON nested too deep") from None
+    if not isinstance(doc, dict):
+        raise BadDocument("not a JSON object")
+    return doc
+
+
 # --- confirmations (version 2) --------------------------------------------------------------
 
 _CONFIRM, _DROPPED = SPEC["confirm"], SPEC["dropped"]

@@ -1,4 +1,4 @@
-"""`espcam faces add|list|remove` (enrolment: docs/backend.md, "Analysis") and `espcam
+"""`espcam faces add|list|remove` (enrolment: docs/doorbell.md) and `espcam
 annotate NODE:ID` (a stored frame with what analysis found drawn on it). They work on the data
 directory, like `espcam frames`, next to a running `espcam serve`, which picks up a change of
 the enrolled people with its next frame. Adding needs the faces extra; the rest does not.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from espcam.backend import discovery
 from espcam.backend.config import Settings
 from espcam.backend.documents import new_command_id
-from espcam.backend.protocol import backend_topic, topic
+from espcam.backend.protocol import RETAINED_NODE_TOPICS, backend_topic, topic
 from espcam.backend.session import Session
 
 
@@ -34,9 +34,10 @@ def forget(settings: Settings, node: str, delete_frames: bool = False) -> Forget
     with Session(settings, "forget") as s:
         s.subscribe(ack_topic, avail_topic)
         s.publish(discovery.discovery_topic(settings.ha_prefix, node), b"", retain=True)
-        for kind in ("availability", "state", "image"):
+        for kind in RETAINED_NODE_TOPICS:
             s.publish(topic(prefix, node, kind), b"", retain=True)
         s.publish(discovery.report_topic(prefix, node), b"", retain=True)
+        s.publish(discovery.analysis_topic(prefix, node), b"", retain=True)
         s.publish(backend_topic(prefix, "forget"), json.dumps(
             {"id": req_id, "node": node, "delete_frames": delete_frames}))
         backend_state = None

@@ -136,6 +136,19 @@ class FramePath:
         if self.disk_refuses():
             # The disk says no and memory is bounded: keeping on would only stall every
             # node's messages behind frames that cannot be written.
+            if frame.version >= 2:
+                # Its node holds it until confirmed and sends it again (confirm_timeout):
+                # not lost, and forgotten here, so that the copy sent again is taken.
+                self.counters["frames_refused_storage"] += 1
+                self.ledger.unfinish(frame.node, frame.frame_id)
+                self._release(key)
+                self._warn.warning(f"refused-storage:{frame.node}", "node %s frame %d not "
+                                   "taken for now: storage unavailable and %d frames (%d "
+                                   "bytes) already waiting (max_pending_frames, "
+                                   "max_pending_bytes); the node sends it again",
+                                   frame.node, frame.frame_id, self.lanes.jobs,
+                                   self.lanes.bytes)
+                return
             self.counters["frames_lost_storage"] += 1
             self.nodes.lost(frame.node)
             self._release(key)

@@ -2,10 +2,17 @@
 (storage.py, `Storage`) implements, and that another backing store (S3-compatible object
 storage, docs/scaling.md) would implement as a module of its own, without touching the
 stages. Frames' metadata always lives in the SQLite index (index.py), whatever holds the bytes.
+
+This is all that the stages use (store.py, announce via `locate`, retention, forget,
+reconcile, the analysis stage via `locate` and `index`); tests/test_backend_framestorage.py
+checks that they use nothing else and that `Storage` has all of it. `store` may be called for
+several frames of one node at once (lanes.py); each call must return only once the frame is
+durable and its index row committed, because the frame is then announced and confirmed.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from espcam.backend.index import Index
@@ -14,6 +21,8 @@ from espcam.backend.records import StoredFrame
 
 class FrameStorage(Protocol):
     index: Index
+    # The data directory: the index lives there (and, on the local disk, the frames' files).
+    root: Path
 
     def store(self, node: str, frame_id: int, jpeg: bytes, *, crc: int, received_at: float,
               captured_at: float | None = None, width: int | None = None,

@@ -13,78 +13,17 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from espcam.backend.indexschema import SCHEMA
 from espcam.backend.records import StoredFrame
 
 log = logging.getLogger("espcam.index")
 
 INDEX_NAME = "index.sqlite3"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    node        TEXT    NOT NULL,
-    frame_id    INTEGER NOT NULL,
-    captured_at REAL,
-    received_at REAL    NOT NULL,
-    taken_at    REAL    NOT NULL,   -- captured_at if the node's clock was set, else received_at
-    bytes       INTEGER NOT NULL,
-    width       INTEGER,
-    height      INTEGER,
-    trigger     TEXT,
-    crc         INTEGER NOT NULL,
-    path        TEXT    NOT NULL UNIQUE,
-    -- A frame id is re-used only by a node that lost its flash; then the CRC tells them apart.
-    PRIMARY KEY (node, frame_id, crc)
-);
-CREATE INDEX IF NOT EXISTS frames_by_time ON frames (node, taken_at);
--- Retention goes by arrival: a node's clock cannot make a frame old (or young).
-CREATE INDEX IF NOT EXISTS frames_by_arrival ON frames (node, received_at);
--- Frames counted lost (protocol version 2): counted once, whatever comes again.
-CREATE TABLE IF NOT EXISTS lost (
-    node     TEXT    NOT NULL,
-    frame_id INTEGER NOT NULL,
-    reason   TEXT    NOT NULL,
-    at       REAL    NOT NULL,
-    PRIMARY KEY (node, frame_id)
-);
--- What the analysis stage found in a frame (findings.py); gone with the frame.
-CREATE TABLE IF NOT EXISTS analysis (
-    node        TEXT    NOT NULL,
-    frame_id    INTEGER NOT NULL,
-    crc         INTEGER NOT NULL,
-    analysed_at REAL    NOT NULL,
-    motion      REAL,               -- percent changed since the node's previous analysed frame
-    motion_box  TEXT,               -- JSON [left, top, right, bottom], frame pixels
-    moved       INTEGER NOT NULL,   -- motion at or over the node's threshold
-    faces       INTEGER NOT NULL,
-    PRIMARY KEY (node, frame_id, crc)
-);
-CREATE TABLE IF NOT EXISTS faces_seen (
-    node     TEXT    NOT NULL,
-    frame_id INTEGER NOT NULL,
-    crc      INTEGER NOT NULL,
-    n        INTEGER NOT NULL,      -- the face's number in the frame
-    name     TEXT,                  -- the enrolled person; NULL: matched no one
-    distance REAL,                  -- to the closest enrolled face; NULL: no one enrolled
-    box      TEXT    NOT NULL,      -- JSON [left, top, right, bottom], frame pixels
-    PRIMARY KEY (node, frame_id, crc, n)
-);
-CREATE INDEX IF NOT EXISTS faces_by_name ON faces_seen (node, name);
-CREATE TRIGGER IF NOT EXISTS findings_go_with_their_frame AFTER DELETE ON frames BEGIN
-    DELETE FROM analysis WHERE node = OLD.node AND frame_id = OLD.frame_id AND crc = OLD.crc;
-    DELETE FROM faces_seen WHERE node = OLD.node AND frame_id = OLD.frame_id AND crc = OLD.crc;
-END;
-CREATE TABLE IF NOT EXISTS nodes (
-    node         TEXT PRIMARY KEY,
-    availability TEXT,
-    state        TEXT,
-    last_seen    REAL,
-    last_frame   INTEGER
-);
-"""
 
 _FRAME_COLUMNS = ("node, frame_id, captured_at, received_at, bytes, width, height, trigger, crc, "
                   "path")
@@ -104,6 +43,15 @@ def _uri(path: Path, mode: str) -> str:
     return f"file:{quote(str(path))}?{mode}"
 
 
+@dataclass(eq=False)
+class _Row:
+    frame: StoredFrame
+    taken_at: float
+    as_last: bool
+    done: bool = False
+    error: Exception | None = None
+
+
 class Index:
     def __init__(self, root: Path, *, readonly: bool = False) -> None:
         self.root = root
@@ -112,6 +60,11 @@ class Index:
         # delete here: counting on every stored frame cost 5-7 ms at 100 000 rows
         # (docs/benchmarks.md). Only this process writes the index.
         self._totals: dict[str, list[int]] = {}
+        # Per node, the newest frame's ((taken_at, frame_id, received_at), path), as the same
+        # ordering in SQL would find it; filled on first use, kept by add, dropped by deletes.
+        self._newest: dict[str, tuple[tuple[float, int, float], str]] = {}
+        self._queue: list[_Row] = []  # rows waiting for the next group commit
+        self._queue_lock = threading.Lock()
         self.db = self._open_readonly() if readonly else self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -185,24 +138,66 @@ class Index:
 
     def add(self, frame: StoredFrame, taken_at: float, as_last: bool = True) -> None:
         """Index a stored frame (`as_last`: and make it the node's last); raises
-        sqlite3.IntegrityError if it clashes with an indexed one."""
+        sqlite3.IntegrityError if it clashes with an indexed one. Committed when this
+        returns. Rows that store workers add at the same time go in one transaction: each
+        worker queues its row and waits for the lock; whoever takes it first commits every
+        row queued by then (group commit), the others find theirs done."""
+        row = _Row(frame, taken_at, as_last)
+        with self._queue_lock:
+            self._queue.append(row)
         with self.lock:
-            totals = self._node_totals(frame.node)
+            if not row.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_rows(batch)
+        if row.error is not None:
+            raise row.error
+
+    def _commit_rows(self, batch: list[_Row]) -> None:
+        """Every row of `batch` ends done, with an error unless it is committed: the other
+        workers waiting on them return on that alone."""
+        try:
+            # Counted before the insert: the first count of a node reads the table.
+            for r in batch:
+                self._node_totals(r.frame.node)
             with self.db:
-                self.db.execute(
-                    f"INSERT INTO frames ({_FRAME_COLUMNS}, taken_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (frame.node, frame.frame_id, frame.captured_at, frame.received_at,
-                     frame.bytes, frame.width, frame.height, frame.trigger, frame.crc,
-                     frame.path, taken_at))
-                if as_last:
-                    self.db.execute(
-                        "INSERT INTO nodes (node, last_seen, last_frame) VALUES (?, ?, ?) "
-                        "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
-                        "last_frame = excluded.last_frame",
-                        (frame.node, frame.received_at, frame.frame_id))
-            totals[0] += 1
-            totals[1] += frame.bytes
+                for r in batch:
+                    self._insert(r)
+        except sqlite3.IntegrityError:
+            # One row clashes: each on its own, so that only that one fails.
+            for r in batch:
+                try:
+                    with self.db:
+                        self._insert(r)
+                except sqlite3.Error as e:
+                    r.error = type(e)(*e.args)
+        except Exception as e:
+            for r in batch:
+                r.error = type(e)(*e.args) if isinstance(e, sqlite3.Error) else e
+        for r in batch:
+            r.done = True
+            if r.error is None:
+                f = r.frame
+                totals = self._node_totals(f.node)
+                totals[0] += 1
+                totals[1] += f.bytes
+                newest = self._newest.get(f.node)
+                key = (r.taken_at, f.frame_id, f.received_at)
+                if newest is not None and key > newest[0]:
+                    self._newest[f.node] = (key, f.path)
+
+    def _insert(self, r: _Row) -> None:
+        f = r.frame
+        self.db.execute(
+            f"INSERT INTO frames ({_FRAME_COLUMNS}, taken_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (f.node, f.frame_id, f.captured_at, f.received_at, f.bytes, f.width, f.height,
+             f.trigger, f.crc, f.path, r.taken_at))
+        if r.as_last:
+            self.db.execute(
+                "INSERT INTO nodes (node, last_seen, last_frame) VALUES (?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, "
+                "last_frame = excluded.last_frame",
+                (f.node, f.received_at, f.frame_id))
 
     def drop(self, node: str, path: str) -> None:
         """A row whose file is gone."""
@@ -210,14 +205,18 @@ class Index:
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE path = ?", (path,))
             self._totals.pop(node, None)
+            self._newest.pop(node, None)
 
     def remove(self, node: str, path: str, size: int) -> None:
         with self.lock:
             with self.db:
-                self.db.execute("DELETE FROM frames WHERE path = ?", (path,))
-            totals = self._node_totals(node)
-            totals[0] -= 1
-            totals[1] -= size
+                gone = self.db.execute("DELETE FROM frames WHERE path = ?", (path,)).rowcount
+            if gone:  # a row removed twice is counted once
+                totals = self._node_totals(node)
+                totals[0] -= 1
+                totals[1] -= size
+            if self._newest.get(node, ((), ""))[1] == path:
+                del self._newest[node]
 
     def _node_totals(self, node: str) -> list[int]:
         t = self._totals.get(node)
@@ -237,6 +236,22 @@ class Index:
     def forget_totals(self) -> None:
         with self.lock:
             self._totals.clear()
+            self._newest.clear()
+
+    def newest_path(self, node: str) -> str | None:
+        """The path of the node's newest frame (as `latest`), kept in memory: asked twice per
+        stored frame."""
+        with self.lock:
+            newest = self._newest.get(node)
+            if newest is None:
+                r = self.db.execute(
+                    "SELECT taken_at, frame_id, received_at, path FROM frames WHERE node = ? "
+                    "ORDER BY taken_at DESC, frame_id DESC, received_at DESC LIMIT 1", (node,)
+                ).fetchone()
+                if r is None:
+                    return None
+                newest = self._newest[node] = ((r[0], r[1], r[2]), r[3])
+            return newest[1]
 
     def latest(self, node: str) -> StoredFrame | None:
         """The node's newest frame (by capture time, else arrival), or None."""
@@ -319,6 +334,7 @@ class Index:
                 self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
                 self.db.execute("DELETE FROM lost WHERE node = ?", (node,))
             self._totals.pop(node, None)
+            self._newest.pop(node, None)
 
     # -- frames counted lost ---------------------------------------------------------------
 
@@ -341,9 +357,15 @@ class Index:
 
     def found(self, node: str, frame_id: int) -> bool:
         """A frame counted lost that arrived after all (stored now): no longer lost."""
-        with self.lock, self.db:
-            return self.db.execute("DELETE FROM lost WHERE node = ? AND frame_id = ?",
-                                   (node, frame_id)).rowcount > 0
+        with self.lock:
+            # Asked for every stored frame and almost always no: read first, since a DELETE
+            # costs a write transaction even when it deletes nothing.
+            if self.db.execute("SELECT 1 FROM lost WHERE node = ? AND frame_id = ?",
+                               (node, frame_id)).fetchone() is None:
+                return False
+            with self.db:
+                return self.db.execute("DELETE FROM lost WHERE node = ? AND frame_id = ?",
+                                       (node, frame_id)).rowcount > 0
 
     def lost_count(self, node: str) -> int:
         with self.lock:

@@ -14,14 +14,20 @@ the loop: it is caught, counted and logged once per cause.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from espcam.backend.documents import DocumentError, parse_ack, parse_dropped
+from espcam.backend.documents import (
+    MAX_STATE_BYTES,
+    BadDocument,
+    DocumentError,
+    parse_ack,
+    parse_dropped,
+    parse_object,
+)
 from espcam.backend.frames import FrameKey, FramePath
 from espcam.backend.homeassistant import HomeAssistant
 from espcam.backend.names import is_node_id
@@ -37,27 +43,6 @@ from espcam.backend.protocol import (
 from espcam.backend.ratelog import RateLimitedLog
 
 log = logging.getLogger("espcam.backend")
-
-MAX_STATE_BYTES = 16 * 1024
-
-
-class BadDocument(ValueError):
-    pass
-
-
-def parse_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """A JSON object from the network, bounded in size; anything else raises BadDocument."""
-    if len(payload) > max_bytes:
-        raise BadDocument(f"{len(payload)} bytes, more than {max_bytes}")
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except ValueError as e:  # also an integer of thousands of digits
-        raise BadDocument(f"not UTF-8 JSON: {str(e)[:80]}") from None
-    except RecursionError:
-        raise BadDocument("JSON nested too deep") from None
-    if not isinstance(doc, dict):
-        raise BadDocument("not a JSON object")
-    return doc
 
 
 class Intake:
@@ -216,6 +201,12 @@ def _new_power_on(before: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
     if not isinstance(proto, int) or proto < 2 or doc.get("reset_cause") != "power_on" or not (
             isinstance(spool, dict) and spool.get("kind") == "ram"):
         return False
+    # `boot` changes at every power-on and at nothing else. Uptimes cannot tell: the last
+    # state document of a boot may be its first (a node that lost its link soon after it
+    # connected), which the next boot's first easily outlasts.
+    boot, boot_before = doc.get("boot"), (before or {}).get("boot")
+    if before is not None and isinstance(boot, int) and not isinstance(boot, bool):
+        return boot != boot_before
     up, up_before = doc.get("uptime"), (before or {}).get("uptime")
     if not isinstance(up, int | float):
         return False

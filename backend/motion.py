@@ -1,11 +1,12 @@
-"""Motion between two frames of one node, with Pillow alone (docs/backend.md, "Analysis").
+"""Motion between two frames of one node, with Pillow alone (docs/doorbell.md).
 
 Each frame is reduced to a small grey picture: the JPEG decoder scales it down while it decodes
-(`draft`), so a VGA frame costs about a millisecond. Two such pictures are compared pixel by
-pixel after the older one is shifted to the newer one's mean brightness, so a camera that
-changes its exposure, or a cloud, is not motion. Pixels that changed by more than PIXEL_DELTA
-grey levels are motion once isolated pixels are removed (sensor and JPEG noise); the score is
-the share of the picture that changed, in percent, and the region the box around it.
+(`draft`), so a VGA frame costs a few milliseconds (bench item 7). Two such pictures are
+compared pixel by pixel after the older one is shifted to the newer one's mean brightness, so
+a camera that changes its exposure, or a cloud, is not motion. Pixels that changed by more
+than PIXEL_DELTA grey levels are motion once isolated pixels are removed (sensor and JPEG
+noise); the score is the share of the picture that changed, in percent, and the region the box
+around it.
 """
 
 from __future__ import annotations

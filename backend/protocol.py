@@ -45,6 +45,10 @@ MAX_MESSAGE_BYTES = HEADER_LEN + MAX_META_LEN + MAX_CHUNK_SIZE
 FRAME_ID_BLOCK: int = _CHUNK["frame_id_block"]
 
 NODE_TOPICS = tuple(SPEC["topics"])
+# Every retained topic under a node, the updates' too: what `espcam forget` must empty, so that
+# nothing of a forgotten node comes back to a new subscriber.
+RETAINED_NODE_TOPICS = tuple(
+    kind for kind, t in {**SPEC["topics"], **SPEC["ota"]["topics"]}.items() if t.get("retain"))
 AVAILABILITY = tuple(SPEC["topics"]["availability"]["values"])
 # The backend's own topics live under a level that can never be a node id (node ids start
 # with a letter or digit), so no camera can collide with or impersonate them.
@@ -189,7 +193,7 @@ def encode_chunks(frame: bytes, frame_id: int, chunk_size: int = DEFAULT_CHUNK_S
 
 def topic(prefix: str, node: str, kind: str) -> str:
     """`<prefix>/<node>/<kind>`, refusing node ids that could escape their topic level."""
-    if kind not in NODE_TOPICS:
+    if kind not in NODE_TOPICS and kind not in SPEC["ota"]["topics"]:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{check_prefix(prefix)}/{check_node_id(node)}/{kind}"
 

@@ -19,7 +19,9 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,9 +95,9 @@ _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.E
 
 class Storage:
     """Frames as files under the data directory, and the index that lists them: the local
-    disk's FrameStorage (framestorage.py). Safe to use from several
-    threads at once for different nodes (the store workers); a node's frames are handed to it
-    one at a time."""
+    disk's FrameStorage (framestorage.py). Safe to use from several threads at once (the store
+    workers), also for several frames of one node: what one node's frames share (latest.jpg,
+    retention's bookkeeping) is changed under that node's lock."""
 
     def __init__(self, data_dir: Path | str, retention: Retention | None = None, *,
                  readonly: bool = False) -> None:
@@ -104,6 +106,8 @@ class Storage:
         self.root = Path(data_dir).resolve()
         self.retention = retention or Retention()
         self.readonly = readonly
+        # Striped, so that the locks stay as many however many nodes come and go.
+        self._node_locks = [threading.Lock() for _ in range(64)]
         try:
             self.index = Index(self.root, readonly=readonly)
         except (OSError, sqlite3.Error) as e:
@@ -125,6 +129,9 @@ class Storage:
     def close(self) -> None:
         self.index.close()
 
+    def _lock_of(self, node: str) -> threading.Lock:
+        return self._node_locks[zlib.crc32(node.encode()) % len(self._node_locks)]
+
     # -- reading ---------------------------------------------------------------------------
 
     def has(self, node: str, frame_id: int, crc: int | None = None) -> bool:
@@ -142,8 +149,8 @@ class Storage:
     def is_latest(self, node: str, path: str) -> bool:
         """Is the stored frame at `path` the node's newest (by capture time, else arrival)?
         Frames may complete out of order; latest.jpg and the retained image never go back."""
-        newest = self.latest(node)
-        return newest is None or newest.path == path
+        newest = self.index.newest_path(node)
+        return newest is None or newest == path
 
     def nodes(self) -> list[dict]:
         return self.index.nodes()
@@ -189,7 +196,8 @@ class Storage:
         day = datetime.fromtimestamp(taken, UTC).strftime("%Y-%m-%d")
         name = f"{stamp(taken)}_{frame_id}"
         day_dir = self.root / node / day
-        tmp = day_dir / f"{TMP_PREFIX}{name}.jpg{TMP_SUFFIX}"
+        # The CRC too: two frames of one id (a node that lost its flash) may be written at once.
+        tmp = day_dir / f"{TMP_PREFIX}{name}_{crc:08x}.jpg{TMP_SUFFIX}"
         placed: Path | None = None
         created = False
         try:
@@ -230,9 +238,12 @@ class Storage:
                 f"{describe_os_error(e) if isinstance(e, OSError) else describe_db_error(e)}",
             ) from e
         try:
-            if self.is_latest(node, stored.path):
-                self._update_latest(node, placed)
-            self.apply_retention(node, now=received_at)
+            # Under the node's lock, each frame's "newest?" is asked after every row added
+            # before it, so latest.jpg never goes back, whichever frame finishes first.
+            with self._lock_of(node):
+                if self.is_latest(node, stored.path):
+                    self._update_latest(node, placed)
+                self._apply_retention(node, received_at)
         except (OSError, sqlite3.Error) as e:
             # The frame is stored and indexed; these catch up with the next frame or the
             # periodic retention run.
@@ -309,7 +320,10 @@ class Storage:
         """Delete this node's oldest frames past max age or max bytes; keeps the newest one.
         Age is counted from when a frame was received: a node whose clock is far behind must
         not have its frames deleted as they arrive. Returns the number deleted."""
-        now = time.time() if now is None else now
+        with self._lock_of(node):
+            return self._apply_retention(node, time.time() if now is None else now)
+
+    def _apply_retention(self, node: str, now: float) -> int:
         ret = self.retention
         if ret.max_age_days <= 0 and ret.max_bytes <= 0:
             return 0

@@ -89,7 +89,18 @@ class FrameStore:
                     return self._refused(frame, f"not stored: {e}", e.counter)
             return self._store(frame, checked[0])
 
-        return Job(run, len(frame.data), done, about=frame)
+        def handed_on(result: Any) -> None:
+            # Frames of a node are checked and stored side by side (lanes.py) and handed on in
+            # order: "newest?" is asked again here, in that order, so that the retained image
+            # never goes back to an older frame that finished after a newer one.
+            if isinstance(result, Outcome) and result.stored is not None and result.newest:
+                try:
+                    result.newest = self.storage.is_latest(frame.node, result.stored.path)
+                except sqlite3.Error:
+                    pass
+            done(result)
+
+        return Job(run, len(frame.data), handed_on, about=frame, overlap=True)
 
     def _store(self, frame: Frame, info: JpegInfo) -> Outcome:
         trigger = frame.meta.get("trigger")
@@ -180,7 +191,8 @@ class FrameStore:
         def run() -> None:
             self.storage.update_node(node, seen_at=time.time(), **fields)
 
-        return Job(run, 0, done, retry=False)
+        # Reads nothing the node's frames write: no need to wait for them.
+        return Job(run, 0, done, retry=False, overlap=True)
 
     def retention_job(self, now: float, done: Callable[[Any], None]) -> Job:
         def run() -> dict[str, int]:

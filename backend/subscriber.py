@@ -31,15 +31,17 @@ from espcam.backend.announce import Announcer
 from espcam.backend.config import Settings
 from espcam.backend.confirm import Confirmer
 from espcam.backend.connection import Connection, Inbox
+from espcam.backend.documents import BadDocument, parse_object
 from espcam.backend.doorbell import Doorbell
 from espcam.backend.frames import FramePath
 from espcam.backend.homeassistant import HomeAssistant
-from espcam.backend.intake import BadDocument, Intake, parse_object
+from espcam.backend.intake import Intake
 from espcam.backend.jpeg import inspect_jpeg
 from espcam.backend.lanes import Job, Lanes
 from espcam.backend.ledger import Ledger
 from espcam.backend.names import is_node_id
 from espcam.backend.nodes import NodeBook
+from espcam.backend.ota import Updates
 from espcam.backend.protocol import backend_topic
 from espcam.backend.ratelog import RateLimitedLog
 from espcam.backend.reassembly import Reassembler
@@ -70,6 +72,8 @@ class Backend:
         topics = [f"{prefix}/+/{kind}"
                   for kind in ("frame", "availability", "state", "ack", "dropped")]
         topics.append(self.forget_topic)
+        self.ota = Updates(prefix, settings.data_dir, self.publish)
+        topics += self.ota.topics
         if settings.ha_discovery:
             topics.append(f"{settings.ha_prefix}/status")
         self.connection = Connection(settings, self.inbox, topics,
@@ -166,7 +170,10 @@ class Backend:
             if item is not None:
                 kind, value = item
                 if kind == "message":
-                    self.connection.settle(value, self.intake.handle(value, now))
+                    if self._updates(value):
+                        self.connection.settle(value)
+                    else:
+                        self.connection.settle(value, self.intake.handle(value, now))
                 else:
                     self._result(*value)
             if now < self._next_tick:
@@ -179,6 +186,15 @@ class Backend:
                 self.counters["errors"] += 1
                 self._warn.exception("tick", "unexpected error in the backend's timers; "
                                              "carrying on")
+
+    def _updates(self, msg: Any) -> bool:
+        """Update traffic goes to its stage (backend/ota.py), which also reads acks and states."""
+        try:
+            return self.ota.handle(msg.topic, msg.payload)
+        except Exception:
+            self.counters["errors"] += 1
+            self._warn.exception("ota", "unexpected error in updates; carrying on")
+            return False
 
     def _result(self, kind: str, result: Any) -> None:
         """A lane's result, back in the loop's thread."""

@@ -8,7 +8,9 @@
 
 Items: 1 node publish path (MicroPython), 2 node duty cycle (simulator), 3 backend ingest
 (+ profile, + per-stage timings), 4 scale, 5 wire efficiency, 6 the node's spool (MicroPython),
-7 analysis (face candidates on the same frames; ingest with analysis on and off).
+7 analysis (face candidates on the same frames; ingest with analysis on and off), 8 an update
+of the node app over MQTT (time and heap), 9 hostile input (memory, log and a real node's
+frames under each attack). The 2-hour soak is a command of its own: python -m bench.soak.
 Every ratio compares figures measured side by side in the same run; nothing here is a
 pass/fail test.
 """
@@ -22,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, machine, others
+from bench.common import ROOT, headline, machine, others
 
 
 class Watch:
@@ -51,7 +53,7 @@ class Watch:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (item 4: 50 nodes, 60 s)")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated items to run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated items to run")
     ap.add_argument("--no-profile", action="store_true", help="skip py-spy in item 3")
     ap.add_argument("--scale-nodes", type=int, default=None)
     ap.add_argument("--scale-seconds", type=float, default=None)
@@ -68,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {int(x) for x in a.only.split(",") if x.strip()}
     mode = "quick" if a.quick else "full"
     m = machine()
-    head = (f"espcam benchmarks, mode {mode}, {time.strftime('%Y-%m-%d %H:%M')}; machine: "
-            f"{m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Linux {m['kernel']}, Python "
-            f"{m['python']}, MicroPython {m['micropython']}, Mosquitto {m['mosquitto']}, "
-            f"{m['py_spy']}; at the start: {others()}")
+    head = headline(f"espcam benchmarks, mode {mode}", m)
     print(head, flush=True)
     out_md = [f"_{head}_"]
     raw: dict = {"machine": m, "mode": mode}
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         (6, "6. The node's spool (MicroPython)", "bench.spool", {}),
         (7, "7. Analysis: face candidates, ingest with analysis on and off", "bench.analysis",
          {}),
+        (8, "8. An update of the node app over MQTT (simulator)", "bench.ota", {}),
+        (9, "9. Hostile input: what each attack costs (docs/security.md)", "bench.hostile", {}),
     ]
     for num, title, mod, kw in items:
         if num not in only:

@@ -55,6 +55,14 @@ def machine() -> dict[str, Any]:
             "py_spy": _version([str(VENV_BIN / "py-spy"), "--version"])}
 
 
+def headline(what: str, m: dict[str, Any], micropython: bool = True) -> str:
+    """The first line of a report: what ran, when, on which machine, and what else ran."""
+    mpy = f"MicroPython {m['micropython']}, " if micropython else ""
+    return (f"{what}, {time.strftime('%Y-%m-%d %H:%M')}; machine: {m['nproc']} CPUs, "
+            f"{m['model']}, {m['mem_mb']} MB, Linux {m['kernel']}, Python {m['python']}, "
+            f"{mpy}Mosquitto {m['mosquitto']}, {m['py_spy']}; at the start: {others()}")
+
+
 def _version(cmd: list[str]) -> str:
     import subprocess
 

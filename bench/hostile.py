@@ -1,4 +1,4 @@
-"""Item 7: the hostile-input campaign again, measured (docs/security.md). A real node streams
+"""Item 9: the hostile-input campaign again, measured (docs/security.md). A real node streams
 frames while each attack runs against `espcam serve` and Mosquitto (the shipped protocol
 settings); for each attack: the backend's and the broker's peak resident memory, the log
 lines it added, and whether every frame of the real node was stored.

@@ -2,8 +2,11 @@
 
     .venv/bin/python -m bench.ingest --out bench/results/ingest-durable.md     (~6 min)
     .venv/bin/python -m bench.ingest --quick                                   (~1 min)
+    .venv/bin/python -m bench.ingest --baseline HEAD --conns 1 --frames 600 --no-profile
     options: --rounds N, --frames N, --variants now,workers1,workers8,limits, --no-profile,
-             --history (also the backends of c36bdb5 and b1934b5 and the full-decode candidate)
+             --history (also the backends of c36bdb5 and b1934b5 and the full-decode candidate),
+             --baseline REV (also the backend of that commit, e.g. HEAD before a change),
+             --conns N (publisher connections, one node each; 1: a node sending its backlog)
 
 Many raw MQTT connections (bench.common.RawPublisher, each announcing its node) publish
 pre-chunked VGA JPEGs. In the same burst, on the same broker, three consumers take the same
@@ -64,6 +67,43 @@ PREV_COMMIT = "b1934b5"
 # Both ran with a Mosquitto without `set_tcp_nodelay` (added to deploy/mosquitto/protocol.conf
 # in a057350); the tests' broker reads today's protocol.conf, and the last setting wins.
 NAGLE_BROKER = "set_tcp_nodelay false\n"
+
+
+# Run as `espcam.backend`, another commit's backend/ must win over the editable install's
+# mapping to the work tree: a sitecustomize on PYTHONPATH points that mapping elsewhere.
+_SHIM = """import sys
+for _m in list(sys.modules.values()):
+    _map = getattr(_m, "MAPPING", None)
+    if getattr(_m, "__name__", "").startswith("__editable__") and isinstance(_map, dict) \\
+            and "espcam.backend" in _map:
+        _map.update({mapping!r})
+"""
+
+
+def baseline_env(commit: str) -> dict[str, str] | None:
+    """The environment that makes `espcam serve` run backend/ of `commit` (a commit that
+    imports itself as `espcam.backend`), or None without git."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    # By hash: HEAD moves, its unpacked copy must not. espcam/ too: its CLI imports what
+    # that commit's backend has.
+    tree = Path(tempfile.gettempdir()) / f"espcam-bench-base-{commit}"
+    if not (tree / "espcam" / "cli.py").exists():
+        try:
+            tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "backend",
+                                  "espcam"], capture_output=True, check=True).stdout
+            tree.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=tar, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    shim = tree / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_SHIM.format(mapping={
+        "espcam": str(tree / "espcam"), "espcam.backend": str(tree / "backend")}))
+    return {"PYTHONPATH": str(shim)}
 
 
 def backend_tree(commit: str) -> Path | None:
@@ -473,9 +513,12 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(quick: bool, profile: bool = True, history: bool = False, rounds: int | None = None,
-        frames: int | None = None, variants: list[str] | None = None) -> dict[str, Any]:
+        frames: int | None = None, variants: list[str] | None = None,
+        baseline: str | None = None, conns: int | None = None) -> dict[str, Any]:
     pool = jpeg_pool(CACHE, 16)
-    conns = 20 if quick else 50
+    # One connection: one node sending a backlog (its spool after an outage), where only
+    # frames of the same node can overlap.
+    conns = conns or (20 if quick else 50)
     frames = frames or (600 if quick else 2000)
     paced_s = 10 if quick else 30
     rounds = rounds or (1 if quick else 3)
@@ -496,6 +539,10 @@ def run(quick: bool, profile: bool = True, history: bool = False, rounds: int | 
                                                         "broker_extra": NAGLE_BROKER}}
             else:
                 specs[k] = h
+    env = baseline_env(baseline) if baseline else None
+    if env is not None:
+        specs["baseline"] = {"label": f"the backend of {baseline} (before this change), same "
+                                      "broker settings", "kw": {"env": env}}
     sessions: dict[str, Session] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     lat: dict[str, dict[str, Any]] = {}
@@ -516,10 +563,11 @@ def run(quick: bool, profile: bool = True, history: bool = False, rounds: int | 
         for k, v in sessions.items():
             if v.serve is not None:
                 res[k]["peak_rss_mb"] = mem_kb(v.serve.pid)[1] / 1024
-        for k in [k for k in sessions if k not in ("now",) + tuple(HISTORY)]:
+        paced_too = ("now", "baseline", *HISTORY)
+        for k in [k for k in sessions if k not in paced_too]:
             sessions.pop(k).close()
         rate = round(min(25.0, res["now"]["backend_fps"] * 0.5), 1)
-        for k in [k for k in ("now", *HISTORY) if k in sessions]:
+        for k in [k for k in paced_too if k in sessions]:
             v = sessions[k]
             lat[k] = paced(v, rate, paced_s)
             lat[k]["others"] = others()
@@ -624,7 +672,7 @@ def report(res: dict[str, Any], lat: dict[str, Any], profs: dict[str, Any],
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from bench.common import machine
+    from bench.common import headline, machine
 
     ap = argparse.ArgumentParser(prog="python -m bench.ingest",
                                  description="bench item 3: backend ingest against its limits")
@@ -635,17 +683,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--variants", default=None, help=f"some of {', '.join(VARIANTS)}")
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also the backend of this commit, side by side (e.g. HEAD)")
+    ap.add_argument("--conns", type=int, default=None,
+                    help="publisher connections, one node each (default 50; quick 20)")
     ap.add_argument("--out", type=Path, default=None, help="Markdown here, JSON beside it")
     a = ap.parse_args(argv)
     m = machine()
-    head = (f"bench.ingest, {'quick' if a.quick else 'full'}, {time.strftime('%Y-%m-%d %H:%M')};"
-            f" machine: {m['nproc']} CPUs, {m['model']}, {m['mem_mb']} MB, Linux {m['kernel']}, "
-            f"Python {m['python']}, Mosquitto {m['mosquitto']}, {m['py_spy']}; at the start: "
-            f"{others()}")
+    head = headline(f"bench.ingest, {'quick' if a.quick else 'full'}", m, micropython=False)
     print(head, flush=True)
     t = time.monotonic()
     res = run(a.quick, not a.no_profile, a.history, a.rounds, a.frames,
-              a.variants.split(",") if a.variants else None)
+              a.variants.split(",") if a.variants else None, a.baseline, a.conns)
     tail = f"({time.monotonic() - t:.0f} s; at the end: {others()})"
     print(res["text"] + "\n\n" + tail)
     if a.out:

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"espcam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     backend_cli.add_commands(sub)
+    from espcam.backend import otacli
+
+    otacli.add_arguments(sub, backend_cli._common)
     # Listed for --help; main() hands their arguments to their own parsers.
     sub.add_parser(SIM_COMMAND, help="run simulated nodes (espcam sim --help)")
     for name, text in BOARD_COMMANDS.items():

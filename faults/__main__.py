@@ -1,7 +1,7 @@
 """Run the fault campaign and print, per fault and per node: captured, stored, lost and
 counted, lost and not counted, and whether captured = stored + counted lost holds.
 
-    .venv/bin/python -m faults                  every fault, full length (about 45 minutes)
+    .venv/bin/python -m faults                  every fault, full length (about 50 minutes)
     .venv/bin/python -m faults --quick          the short form (a few minutes)
     .venv/bin/python -m faults --only a,b       some faults (names: --list)
     options: --out FILE.md (the report, and the raw figures beside it as .json),

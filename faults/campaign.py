@@ -90,6 +90,7 @@ def judge(res: Result, rig: Rig, held: dict[str, Any], reports: dict[str, Any]) 
     fails = res.failures
     if res.error:
         fails.append(f"the fault could not be run to its end: {res.error.strip()}")
+    fails.extend(rig.problems)
     for name, spool in held.items():
         fails.append(f"{name} still held {spool} when the campaign stopped waiting")
     for node in [*rig.cams, *rig.lights]:

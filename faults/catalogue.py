@@ -63,6 +63,16 @@ def down_for(rig: Rig, seconds: float) -> None:
     pause(seconds)
 
 
+def without_wifi(rig: Rig, cams: list[Cam], seconds: float) -> None:
+    """The simulator's Wi-Fi gone for these nodes (connect fails, open connections go deaf)
+    for `seconds`, then back."""
+    for cam in cams:
+        cam.sim.wifi_down(True)
+    down_for(rig, seconds)
+    for cam in cams:
+        cam.sim.wifi_down(False)
+
+
 # ---------------------------------------------------------------- the home server
 
 
@@ -133,11 +143,7 @@ def wifi_down(rig: Rig, s: Scale) -> None:
     # captures every 6 s keep what it holds meanwhile within its spool.
     cams = rig.add_cams(s.pick(2, 3), ram(s.pick(1, 6)))
     pause(s.pick(5, 30))
-    for cam in cams:
-        cam.sim.wifi_down(True)
-    down_for(rig, s.pick(10, 60))
-    for cam in cams:
-        cam.sim.wifi_down(False)
+    without_wifi(rig, cams, s.pick(10, 60))
     pause(s.pick(8, 30))
 
 
@@ -371,6 +377,38 @@ def disk_full(rig: Rig, s: Scale, lanes: int | None = None) -> None:
     pause(s.pick(10, 30))
 
 
+def storage_stall(rig: Rig, s: Scale) -> None:
+    """The backend's disk hangs (fsfreeze of an ext4 file system of its own: every write
+    waits) while the nodes send, then thaws. Storing stops, the lanes and the intake fill and
+    the backend stops reading; the broker keeps the rest and the nodes hold every frame. The
+    backend's session has no MQTT keepalive, so the broker must not disconnect it."""
+    image = rig.dir / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    rig.data.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(rig.data)], check=True,
+                   capture_output=True)
+    rig.unmount.append(rig.data)
+    rig.start_server()
+    # Captures every 6 s keep what a node holds within its RAM spool for the whole stall.
+    rig.add_cams(s.pick(2, 3), ram(s.pick(1, 6)))
+    if not s.quick:
+        rig.add_lights(30, interval=3.0)
+    pause(s.pick(5, 20))
+    subprocess.run(["fsfreeze", "-f", str(rig.data)], check=True, capture_output=True)
+    try:
+        down_for(rig, s.pick(15, 120))
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(rig.data)], check=True, capture_output=True)
+    dropped = rig.backend.log_text().count("disconnected from")
+    if dropped:
+        rig.problems.append(f"the backend was disconnected {dropped} times in the stall")
+    else:
+        rig.notes.append("the backend stayed connected through the stall")
+    pause(s.pick(8, 30))
+
+
 def disk_full_past_lanes(rig: Rig, s: Scale) -> None:
     # The default bound, 256 frames, is reached the same way by ten nodes with full spools.
     disk_full(rig, s, lanes=4)
@@ -388,11 +426,7 @@ def deep_sleep(rig: Rig, s: Scale) -> None:
     rig.allow_reasons.setdefault(cams[0].name, set()).add(
         "dropped by the node: not confirmed before deep sleep")
     pause(s.pick(12, 20))
-    for cam in cams:
-        cam.sim.wifi_down(True)
-    down_for(rig, s.pick(75, 150))
-    for cam in cams:
-        cam.sim.wifi_down(False)
+    without_wifi(rig, cams, s.pick(75, 150))
     pause(s.pick(15, 30))
 
 
@@ -432,6 +466,8 @@ FAULTS: list[Fault] = [
           what="RAM spool of 250 KB, broker away for 20 captures"),
     Fault("disk-full", "disk full", disk_full, root=True,
           what="the backend's data disk full to the last byte, then room made"),
+    Fault("storage-stall", "storage stall", storage_stall, root=True,
+          what="the backend's disk frozen (fsfreeze) while nodes send, then thawed"),
     Fault("disk-full-past-lanes", "disk full, more frames than the backend holds",
           disk_full_past_lanes, root=True, settle=300,
           what="the disk full with more frames waiting than max_pending_frames (4 here)"),

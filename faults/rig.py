@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,9 @@ if str(ROOT / "tests") not in sys.path:
 
 from broker import Broker  # noqa: E402  (tests/broker.py: Mosquitto with protocol.conf)
 from espcam.backend.protocol import decode_chunk  # noqa: E402
-from espcam.backend.session import make_client  # noqa: E402
 from espcam.sim.node import SimNode  # noqa: E402
+from observer import Msg, Observer  # noqa: E402  (tests/observer.py: a recording subscriber)
+from polling import wait_until  # noqa: E402
 
 __all__ = ["Backend", "Broker", "Cam", "Light", "Rig", "Watcher"]
 
@@ -65,14 +65,11 @@ def espcam_command() -> list[str]:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise RigError(f"no {what} within {timeout:.0f} s")
-        time.sleep(every)
+    """tests/polling.py's wait_until, failing the fault (RigError) rather than a test."""
+    try:
+        return wait_until(pred, timeout, what, every)
+    except TimeoutError as e:
+        raise RigError(str(e)) from None
 
 
 # ---------------------------------------------------------------- the backend
@@ -146,64 +143,34 @@ def kill_broker(broker: Broker) -> None:
 # ---------------------------------------------------------------- watching and commanding
 
 
-@dataclass
-class Msg:
-    topic: str
-    payload: bytes
-    retain: bool
-    at: float
-
-
-class Watcher:
-    """The campaign's own MQTT client: commands to nodes, and what the backend and the nodes
-    publish (frame chunks only go to `chunk_hooks`, not kept). It reconnects by itself when a
-    fault takes the broker away."""
+class Watcher(Observer):
+    """The campaign's own MQTT client (tests/observer.py's, on these topics): commands to
+    nodes, and what the backend and the nodes publish (frame chunks only go to `chunk_hooks`,
+    not kept). It reconnects by itself when a fault takes the broker away."""
 
     TOPICS = [f"{PREFIX}/+/ack", f"{PREFIX}/+/state", f"{PREFIX}/+/availability",
               f"{PREFIX}/_backend/#"]
 
     def __init__(self, host: str, port: int, frames: bool = False) -> None:
-        self.msgs: list[Msg] = []
-        self.cond = threading.Condition()
         self.chunk_hooks: list[Callable[[str, Any], None]] = []
-        self.topics = self.TOPICS + ([f"{PREFIX}/+/frame"] if frames else [])
-        self.c = make_client(f"faults-watch-{secrets.token_hex(4)}")
+        try:
+            super().__init__(host, port,
+                             self.TOPICS + ([f"{PREFIX}/+/frame"] if frames else []))
+        except AssertionError:
+            raise RigError("the campaign's watcher could not subscribe") from None
         self.c.reconnect_delay_set(0.2, 2)
-        self._subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in self.topics])
-        self.subscriptions = 0  # one more after every (re)connection
-        self.c.on_subscribe = self._on_subscribe
-        self.c.on_message = self._on_message
-        self.c.connect(host, port)
-        self.c.loop_start()
-        if not self._subscribed.wait(10):
-            raise RigError("the campaign's watcher could not subscribe")
-
-    def _on_subscribe(self, *a: Any) -> None:
-        self.subscriptions += 1
-        self._subscribed.set()
 
     def _on_message(self, c, u, m) -> None:
-        if m.topic.endswith("/frame"):
-            node = m.topic.split("/")[-2]
-            try:
-                chunk = decode_chunk(m.payload)
-            except ValueError:
-                return
-            for hook in list(self.chunk_hooks):
-                hook(node, chunk)
+        if not m.topic.endswith("/frame"):
+            super()._on_message(c, u, m)
             return
-        with self.cond:
-            self.msgs.append(Msg(m.topic, m.payload, m.retain, time.monotonic()))
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
-
-    def mark(self) -> int:
-        with self.cond:
-            return len(self.msgs)
+        node = m.topic.split("/")[-2]
+        try:
+            chunk = decode_chunk(m.payload)
+        except ValueError:
+            return
+        for hook in list(self.chunk_hooks):
+            hook(node, chunk)
 
     def find(self, pred: Callable[[Msg], bool], start: int = 0) -> Msg | None:
         with self.cond:
@@ -212,20 +179,6 @@ class Watcher:
     def last(self, topic: str) -> Msg | None:
         with self.cond:
             return next((m for m in reversed(self.msgs) if m.topic == topic), None)
-
-    def wait(self, pred: Callable[[Msg], bool], timeout: float, start: int = 0) -> Msg | None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.msgs):
-                    if pred(self.msgs[i]):
-                        return self.msgs[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(min(left, 0.5))
 
     def backend_ready(self, since: float, timeout: float = 60) -> None:
         """The backend publishes its status once the broker granted its subscriptions: from
@@ -239,7 +192,7 @@ class Watcher:
             except (ValueError, AttributeError):
                 return False
 
-        if self.wait(fresh, timeout) is None:
+        if self.poll(fresh, timeout) is None:
             raise RigError(f"the backend did not come up within {timeout:.0f} s")
 
     def command(self, node: str, doc: dict[str, Any], timeout: float) -> dict[str, Any] | None:
@@ -257,7 +210,7 @@ class Watcher:
             except ValueError:
                 return False
 
-        m = self.wait(mine, timeout, start)
+        m = self.poll(mine, timeout, start)
         return json.loads(m.payload) if m else None
 
     def state_after(self, node: str, start: int) -> dict[str, Any] | None:
@@ -411,6 +364,7 @@ class Rig:
         self.may_vanish: dict[str, set[int]] = {}
         self.link: Any = None  # faults.netns.Link, once a fault touches the links
         self.unmount: list[Path] = []  # file systems a fault mounted, undone after counting
+        self.problems: list[str] = []  # what a fault saw go wrong besides the counts
         self._capturing = threading.Event()
         self._light_thread: threading.Thread | None = None
         self.light_interval = 2.0
@@ -462,7 +416,7 @@ class Rig:
         """Until the node's first `online` since its last power-on."""
         t = f"{PREFIX}/{cam.name}/availability"
         assert self.watch is not None
-        if self.watch.wait(lambda m: m.topic == t and m.payload == b"online" and not m.retain,
+        if self.watch.poll(lambda m: m.topic == t and m.payload == b"online" and not m.retain,
                            timeout, cam.online_mark) is None:
             raise RigError(f"{cam.name} did not come online within {timeout:.0f} s")
 

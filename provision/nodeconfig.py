@@ -124,6 +124,8 @@ def redacted(cfg: dict[str, Any]) -> dict[str, Any]:
     for section in ("wifi", "broker"):
         if isinstance(out.get(section), dict) and out[section].get("password"):
             out[section]["password"] = SECRET
+    if out.get("ota_key"):
+        out["ota_key"] = SECRET  # the node's update signing key
     return out
 
 

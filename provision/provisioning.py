@@ -11,6 +11,7 @@ both files must be named.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,9 @@ def provision_node(opts: ProvisionOptions, say: Callable[[str], None] = print) -
         say(line)
     password = credentials.add_user(passwd, user, replace=opts.rotate)
     cfg["broker"]["password"] = password
+    # The node's own key for updates over MQTT (node/lib/espcam/ota.py): `espcam ota` signs
+    # with it, so an update made for one node is refused by every other.
+    cfg["ota_key"] = secrets.token_hex(32)
     nodeconfig.write(out, cfg)
     say(f"broker user {user!r} {'updated' if opts.rotate else 'added'} in {passwd}")
     say(f"config for {opts.node_id} written to {out} (owner-only; it holds the passwords)")

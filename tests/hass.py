@@ -51,6 +51,7 @@ ABBREVIATIONS = {
     "obj_id": "object_id", "ops": "options", "opt": "optimistic", "p": "platform",
     "pl_avail": "payload_available", "pl_not_avail": "payload_not_available",
     "pl_off": "payload_off", "pl_on": "payload_on", "pl_prs": "payload_press", "qos": "qos",
+    "pl_inst": "payload_install",
     "ret": "retain", "stat_cla": "state_class", "stat_off": "state_off", "stat_on": "state_on",
     "stat_t": "state_topic", "stat_tpl": "state_template", "step": "step",
     "sug_dsp_prc": "suggested_display_precision", "t": "topic", "uniq_id": "unique_id",
@@ -230,6 +231,8 @@ def state(component: dict[str, Any], payloads: Iterable[bytes]) -> Any:
             current = {on: "on", off: "off", PAYLOAD_NONE: None}.get(text, current)
         elif platform == "event":
             current = _event(component, text, current)
+        elif platform == "update":
+            current = _update(text, current)
         elif platform == "light":
             current = {"on": "on", "off": "off", PAYLOAD_NONE: None}.get(text, current)
         elif platform == "switch":
@@ -273,6 +276,31 @@ def _event(component: dict[str, Any], text: str, current: Any) -> Any:
     return doc
 
 
+def _update(text: str, current: Any) -> Any:
+    """update.py handle_state_message_received: an empty rendering or `{}` is ignored; a JSON
+    object sets installed_version and latest_version when present, title and release_summary
+    only while not set yet; text that is not JSON is the installed version. in_progress and
+    update_percentage: JSON keys the same handler reads in releases newer than 2024.3.3 (the
+    update entity's progress; not checked against that release). The state here is that
+    dict."""
+    if not text or text == "{}":
+        return current
+    out = dict(current or {})
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = {"installed_version": text}
+    if not isinstance(doc, dict):
+        return current
+    for k in ("installed_version", "latest_version", "in_progress", "update_percentage"):
+        if k in doc:
+            out[k] = doc[k]
+    for k in ("title", "release_summary"):
+        if k in doc and not out.get(k):
+            out[k] = doc[k]
+    return out
+
+
 def _sensor_value(component: dict[str, Any], text: str, current: Any) -> Any:
     """sensor.py _update_state: `None` is unknown; a numeric sensor ignores an empty value; a
     timestamp sensor takes only what parses as a date and time (shown here as the text)."""
@@ -293,9 +321,11 @@ def _sensor_value(component: dict[str, Any], text: str, current: Any) -> Any:
 
 def command(component: dict[str, Any], action: str, value: Any = None) -> str:
     """What HA publishes on the command topic: `press` a button, `on`/`off` a light or a
-    switch, `set` a number or a select to `value`."""
+    switch, `set` a number or a select to `value`, `install` an update."""
     platform = component["platform"]
     tpl = component.get("command_template")
+    if platform == "update" and action == "install":
+        return component["payload_install"]  # update.py async_install: no template
     if platform == "button" and action == "press":
         payload = component.get("payload_press", "PRESS")
         return render_command(tpl, payload) if tpl else payload

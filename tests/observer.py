@@ -28,15 +28,24 @@ def parse_chunk(b: bytes) -> Chunk:
 
 
 class Observer:
-    def __init__(self, host: str, port: int, topic: str = "espcam/#", **auth) -> None:
+    def __init__(self, host: str, port: int, topic: str | list[str] = "espcam/#",
+                 **auth) -> None:
+        """Subscribes to `topic` (or each of a list) again after every reconnection."""
         self.msgs: list[Msg] = []
         self.cond = threading.Condition()
+        self.subscriptions = 0  # one more after every (re)connection
+        topics = [topic] if isinstance(topic, str) else topic
         self.c = make_client(f"obs-{uuid.uuid4()}", username=auth.get("user", ""),
                              password=auth.get("password", ""))
         self.c.on_message = self._on_message
         subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.c.on_subscribe = lambda *a: subscribed.set()
+
+        def on_subscribe(*a) -> None:
+            self.subscriptions += 1
+            subscribed.set()
+
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.c.on_subscribe = on_subscribe
         self.c.connect(host, port)
         self.c.loop_start()
         assert subscribed.wait(10), "observer could not subscribe"
@@ -50,8 +59,9 @@ class Observer:
         self.c.loop_stop()
         self.c.disconnect()
 
-    def wait(self, pred, timeout: float = 30, start: int = 0) -> Msg:
-        """First message (from index `start`) for which pred(msg) is true."""
+    def poll(self, pred, timeout: float, start: int = 0) -> Msg | None:
+        """First message (from index `start`) for which pred(msg) is true; None if none
+        comes within `timeout`."""
         deadline = time.monotonic() + timeout
         with self.cond:
             i = start
@@ -62,9 +72,17 @@ class Observer:
                     i += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    seen = [(m.topic, m.payload[:80]) for m in self.msgs[-15:]]
-                    raise AssertionError(f"no matching message in {timeout}s; last: {seen}")
+                    return None
                 self.cond.wait(left)
+
+    def wait(self, pred, timeout: float = 30, start: int = 0) -> Msg:
+        """First message (from index `start`) for which pred(msg) is true."""
+        m = self.poll(pred, timeout, start)
+        if m is None:
+            with self.cond:
+                seen = [(m.topic, m.payload[:80]) for m in self.msgs[-15:]]
+            raise AssertionError(f"no matching message in {timeout}s; last: {seen}")
+        return m
 
     def mark(self) -> int:
         with self.cond:

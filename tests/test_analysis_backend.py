@@ -1,12 +1,14 @@
-"""Analysis of stored frames through a real Mosquitto and a running backend (docs/backend.md,
-"Analysis"): the doorbell's person events for an enrolled face and a stranger, motion and
-people in the index and in Home Assistant's entities, the skipping policy when analysis falls
-behind, and the backend without the faces extra. Photos of real people: tests/facephotos.py.
+"""Analysis of stored frames through a real Mosquitto and a running backend (docs/doorbell.md):
+the doorbell's person events for an enrolled face and a stranger, motion and people in the
+index and in Home Assistant's entities, the skipping policy when analysis falls behind, and the
+backend where the faces extra is not installed. Photos of real people: tests/facephotos.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,8 +27,8 @@ from hass import HomeAssistant, components  # noqa: E402
 
 from espcam.cli import main as espcam  # noqa: E402
 
-pytestmark = pytest.mark.skipif(faces.missing() is not None,
-                                reason=f"the faces extra: {faces.missing()}")
+needs_faces = pytest.mark.skipif(faces.missing() is not None,
+                                 reason=f"the faces extra: {faces.missing()}")
 
 NODE = "cam-door"
 
@@ -63,6 +65,7 @@ def doorbell_events(obs, start: int = 0) -> list[dict]:
             if m.topic == f"espcam/{NODE}/doorbell"]
 
 
+@needs_faces
 def test_the_doorbell_names_an_enrolled_face_and_calls_a_stranger_unknown(backend, light_node,
                                                                          everything):
     cam = light_node(NODE)
@@ -97,6 +100,7 @@ def test_the_doorbell_names_an_enrolled_face_and_calls_a_stranger_unknown(backen
     assert ha.state("doorbell") == stranger
 
 
+@needs_faces
 def test_person_events_only_for_the_doorbell_and_findings_in_the_index(backend, light_node,
                                                                        everything, data_dir):
     cam = light_node(NODE)
@@ -139,6 +143,7 @@ def _run_cli(argv: list[str]) -> list[dict]:
     return json.loads(out.getvalue())
 
 
+@needs_faces
 def test_person_events_for_every_frame_with_a_cooldown(broker, data_dir, tmp_path, light_node,
                                                       everything):
     enrol(data_dir, tmp_path, "alice", "collins")
@@ -190,23 +195,98 @@ def test_behind_it_skips_the_oldest_frames_but_never_a_doorbell_frame(data_dir):
         storage.close()
 
 
-def test_without_the_faces_extra_the_backend_runs_as_before_and_says_so(
-        broker, data_dir, light_node, everything, monkeypatch, caplog):
-    monkeypatch.setattr(faces, "PACKAGES", (*faces.PACKAGES, "espcam_no_such_package"))
-    caplog.set_level("INFO", logger="espcam.backend")
-    b = Backend(settings_for(broker, data_dir)).start()
+def test_while_ingest_is_busy_only_doorbell_frames_are_analysed(data_dir):
+    # The queue's policy alone, on a clock of the test's: no worker is started.
+    import logging
+    import threading
+
+    from espcam.backend import analyse
+    from espcam.backend.ratelog import RateLimitedLog
+    from espcam.backend.storage import Storage
+
+    storage = Storage(data_dir)
+    a = Analysis(Settings(data_dir=str(data_dir), analysis_queue=64), str(data_dir),
+                 storage.index, storage.locate, lambda f: None,
+                 RateLimitedLog(logging.getLogger("test")))
+    now = [100.0]
+    a.clock = lambda: now[0]
     try:
-        assert b.connected.wait(10)
+        for fid in range(1, analyse.BUSY_FRAMES + 2):  # a burst: all in the same instant
+            a.offer(_stored("cam-a", fid))
+        assert a.busy() == analyse.BUSY_WINDOW
+        a.offer(_stored("cam-a", 99, BUTTON))
+        assert a._take() == (_stored("cam-a", 99, BUTTON), 0)  # the doorbell does not wait
+        taken = []
+        t = threading.Thread(target=lambda: taken.append(a._take()))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not taken  # the others wait for ingest to calm down
+        now[0] += analyse.BUSY_WINDOW
+        with a._cond:
+            a._cond.notify()
+        t.join(10)
+        assert taken == [(_stored("cam-a", 1), 0)]
+    finally:
+        a.close()
+        storage.close()
+
+
+# Python started with this folder on PYTHONPATH finds none of the faces extra: importing any
+# of it fails, and importlib.util.find_spec says it is not there, as on a plain install.
+WITHOUT_FACES = """import sys
+for name in ("numpy", "dlib", "face_recognition_models"):
+    sys.modules[name] = None
+"""
+
+
+def cli(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    from e2e_helpers import ESPCAM
+
+    return subprocess.run([ESPCAM, *args, "--data-dir", str(data_dir)],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_without_the_faces_extra_the_backend_runs_as_before_and_says_so(
+        broker, data_dir, tmp_path, light_node, everything):
+    from e2e_helpers import ERROR, OK, Serve, backend_online
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "sitecustomize.py").write_text(WITHOUT_FACES)
+    env = {"PYTHONPATH": str(plain)}
+    # The interpreter the backend runs in really lacks them.
+    for name in ("numpy", "dlib", "face_recognition_models"):
+        p = subprocess.run([sys.executable, "-c", f"import {name}"], env={**os.environ, **env},
+                           capture_output=True, text=True)
+        assert "ModuleNotFoundError" in p.stderr, (name, p.stderr)
+    serve = Serve(broker, data_dir, tmp_path / "serve.log", env=env).start()
+    try:
+        backend_online(everything)
         cam = light_node(NODE)
         ha = HomeAssistant(everything, NODE)
-        fid = cam.publish_frame(facephotos.frame("collins"), trigger=BUTTON)
+        ring(cam, 1)
+        fid = cam.publish_frame(facephotos.frame("collins"), 1, trigger=BUTTON)
         everything.json_on(f"espcam/{NODE}/event", lambda e: e["frame"] == fid)
-        assert b.analysis is None and b.status()["analysis"] == "off"
-        said = [r.getMessage() for r in caplog.records if "analysis is off" in r.getMessage()]
-        assert said == ["analysis is off: espcam_no_such_package not installed "
-                        "(pip install 'espcam[faces]')"]
+        status = everything.json_on("espcam/_backend/status", lambda d: d["analysis"] == "off")
+        assert status["frames_to_analyse"] == 0
+        # No worker was started, and no Motion, Person or Last person entity that would stay
+        # unknown; the doorbell's ring still reaches Home Assistant.
+        assert Path(f"/proc/{serve.proc.pid}/task/{serve.proc.pid}/children").read_text() == ""
         platforms = {k: c["platform"] for k, c in components(ha.document()).items()}
         assert "motion" not in platforms and platforms["doorbell"] == "event"
+        assert ha.state("doorbell")["event_type"] == "ring"
         assert not [m for m in everything.msgs if "/analysis/" in m.topic]
+        # Enrolling says why it cannot; listing works without the packages.
+        photo = tmp_path / "alice.jpg"
+        photo.write_bytes(facephotos.enrolment_photo("collins"))
+        r = cli(data_dir, env, "faces", "add", "alice", str(photo))
+        assert r.returncode == ERROR and "face recognition is not installed" in r.stderr \
+            and "pip install 'espcam[faces]'" in r.stderr, r.stderr
+        r = cli(data_dir, env, "faces", "list")
+        assert r.returncode == OK and "no one enrolled" in r.stdout, r.stderr
     finally:
-        b.stop()
+        serve.stop()
+    said = [line for line in serve.log_text().splitlines() if "analysis is off" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "analysis is off: numpy, dlib, face_recognition_models not installed "
+        "(pip install 'espcam[faces]')"), said

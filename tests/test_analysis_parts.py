@@ -97,3 +97,15 @@ def test_the_doorbell_event_is_about_the_closest_known_face():
                                                    "distance": None}])
     assert person_event(strangers)["event_type"] == "unknown_person"
     assert person_event(Findings("cam-door", 5, 1)) is None  # no face, no person event
+
+
+def test_the_worker_at_nice_19_also_takes_the_idle_scheduling_policy():
+    # In a process of its own: a process cannot raise its priority again.
+    import subprocess
+
+    code = ("import os; from espcam.backend.analysis_worker import lower_priority; "
+            "said = lower_priority({nice}); print(said, '|', os.getpriority(os.PRIO_PROCESS, 0),"
+            " os.sched_getscheduler(0) == os.SCHED_IDLE)")
+    said = [subprocess.run([sys.executable, "-c", code.format(nice=n)], capture_output=True,
+                           text=True, check=True).stdout.strip() for n in (19, 5)]
+    assert said == ["nice 19, SCHED_IDLE | 19 True", "nice 5 | 5 False"]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -265,6 +267,66 @@ def test_two_hundred_nodes_sending_at_the_same_moment_all_get_their_frames_store
     finally:
         for c in cams:
             c.stop()
+
+
+def test_a_storage_stall_keeps_the_backend_connected_and_loses_nothing(
+        broker, data_dir, everything, monkeypatch):
+    """A disk that hangs (every frame's write waits) while nodes send. The lanes fill, the loop
+    parks a frame and takes no more messages, the inbox fills and paho stops reading: the
+    broker keeps the rest, the nodes hold every frame and send it again. The backend's session
+    has no MQTT keepalive (the broker's log says `k0`), so no silence times it out, however
+    long: the stall here lasts until the intake is full and every node has sent its frames
+    again, not 120 s (the issue's figure), which only the waiting would add."""
+    from espcam.backend.storage import Storage
+    from observer import parse_chunk
+
+    thawed = threading.Event()
+    real_store = Storage.store
+
+    def frozen_store(self, *a, **kw):
+        thawed.wait()
+        return real_store(self, *a, **kw)
+
+    monkeypatch.setattr(Storage, "store", frozen_store)
+    limit = 256 * 1024
+    b = Backend(Settings(broker=broker.url, data_dir=str(data_dir), client_id="backend-stall",
+                         max_pending_frames=4, max_queue_bytes=limit)).start()
+    cams: list[LightNode] = []
+    try:
+        assert b.connected.wait(10)
+        cams = [node2(broker, f"cam-st{i}", confirm_timeout=2.0) for i in range(4)]
+        sent = {c.node: {} for c in cams}
+        for k in range(8):
+            for i, c in enumerate(cams):
+                jpeg = make_jpeg(320, 240, seed=100 * i + k)
+                sent[c.node][c.publish_frame(jpeg)] = jpeg
+        wait_until(lambda: b.frames.parked is not None and b.inbox.bytes > limit - 4096, 60,
+                   "the intake paused with its inbox full")
+
+        def sent_again() -> set[str]:
+            return {m.topic.split("/")[1] for m in list(everything.msgs)
+                    if m.topic.endswith("/frame") and parse_chunk(m.payload).flags & 2}
+
+        wait_until(lambda: sent_again() >= set(sent), 60, "every node sending its frames again")
+        assert b.connection.connections == 1 and b.connected.is_set()
+        thawed.set()
+        wait_until(lambda: all(set(c.confirmed) >= set(sent[c.node]) for c in cams), 120,
+                   "every frame confirmed after the stall")
+        for c in cams:
+            assert {f: v for f, v in c.confirmed.items() if f in sent[c.node]} == {
+                f: "stored" for f in sent[c.node]}
+            assert stored_ids(data_dir, c.node) == set(sent[c.node])
+        with sqlite3.connect(data_dir / "index.sqlite3") as db:
+            rows = db.execute("SELECT node, frame_id, path FROM frames").fetchall()
+        assert all((data_dir / path).read_bytes() == sent[node][fid] for node, fid, path in rows)
+        assert b.connection.connections == 1   # never dropped by the broker
+        assert b.status()["counters"].get("frames_lost", 0) == 0
+        assert re.search(r" as backend-stall \(p\d, c0, k0\)", broker.log.read_text())
+    finally:
+        thawed.set()
+        for c in cams:
+            c.stop()
+        b.stop()
 
 
 def test_a_node_that_never_wakes_from_its_sleep_is_reported_unavailable(backend, broker,

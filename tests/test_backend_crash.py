@@ -3,10 +3,13 @@ large frames stream in, and restarted each time. After each kill every visible J
 and is exactly a frame that was sent; at the end every frame sent is stored once, byte for
 byte, and the index and the files agree.
 
-The publisher is a CPython light node (tests/lightnode.py) that can resend any frame it sent
-(`hold`): the frames a dead backend had in memory come back through the broker (the last
-chunk of each, unacknowledged, is delivered again) and a resend request. A real node holds
-only its newest frame; docs/backend.md ("What survives a crash") says what that changes.
+The publisher is a CPython light node (tests/lightnode.py) speaking protocol version 2, as the
+node app does: it keeps every frame until the backend confirms it stored. The frames a dead
+backend had in memory come back through the broker (the last chunk of each, unacknowledged,
+is delivered again), a resend request, or the node sending again what stays unconfirmed. With
+version 1 a frame still incomplete after the resend requests is given up (`LOST`), so on a
+slow machine the outcome would depend on how fast the backend came back; docs/backend.md
+("What survives a crash") says what version 1 nodes get.
 
 After each restart the broker hands over the last chunk of every frame the dead backend had
 not settled, each of them a frame in progress until the node resends the rest; so that none
@@ -67,7 +70,8 @@ def test_sigkill_at_random_moments_while_large_frames_stream_in(broker, tmp_path
                   env={"ESPCAM_RESEND_AFTER": "0.5", "ESPCAM_RESEND_TRIES": "10",
                        "ESPCAM_MAX_FRAMES_PER_NODE": "1000",
                        "ESPCAM_MAX_FRAMES_TOTAL": "1000"})
-    cam = LightNode(broker.host, broker.port, NODE, chunk_size=4096, hold=100_000).start()
+    cam = LightNode(broker.host, broker.port, NODE, chunk_size=4096, hold=100_000,
+                    proto=2).start()
     sent: dict[int, bytes] = {}
     lock = threading.Lock()
     stop = threading.Event()

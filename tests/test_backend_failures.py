@@ -238,6 +238,44 @@ def test_full_disk_keeps_serving_and_loses_nothing_once_space_is_freed(
         b.stop()
 
 
+def test_past_max_pending_frames_a_version_2_frame_is_not_lost_but_taken_when_sent_again(
+        settings, broker, everything, small_disk, caplog):
+    """The disk full and the lanes full: a version 2 node still holds the frames the backend
+    cannot take, so they are refused for now, neither counted lost nor taken for duplicates
+    when the node sends them again, and stored once there is room."""
+    b = start(Settings(**{**settings.__dict__, "data_dir": str(small_disk.data),
+                          "max_pending_frames": 2}))
+    cam = LightNode(broker.host, broker.port, "cam-p", proto=2, hold=10,
+                    confirm_timeout=1.0).start()
+    try:
+        small_disk.fill()
+        sent = {fid: make_jpeg(seed=20 + fid) for fid in range(1, 6)}
+        for fid, jpeg in sent.items():
+            cam.publish_frame(jpeg, fid)
+        # Two wait in the lanes, three do not fit.
+        def past_the_bound() -> int:
+            c = b.status()["counters"]
+            return c.get("frames_refused_storage", 0) + c.get("frames_lost_storage", 0)
+
+        wait_until(lambda: past_the_bound() >= 3, 60, "three frames past the bound")
+        assert b.status()["counters"].get("frames_lost_storage", 0) == 0
+        assert not any("LOST" in r.getMessage() for r in caplog.records)
+        # The node sends them again meanwhile: refused again, still not lost.
+        wait_until(lambda: past_the_bound() >= 6, 60, "the three sent again")
+        assert not cam.confirmed
+        small_disk.free()
+        wait_until(lambda: set(cam.confirmed) == set(sent), 60, "every frame confirmed")
+        assert set(cam.confirmed.values()) == {"stored"}
+        stored = {int(p.stem.split("_")[1]): body for p, body in small_disk.jpegs().items()
+                  if p.name != "latest.jpg"}
+        assert stored == sent
+        assert b.status()["counters"].get("frames_lost", 0) == 0
+        assert not any("LOST" in r.getMessage() for r in caplog.records)
+    finally:
+        cam.stop()
+        b.stop()
+
+
 def test_index_that_cannot_answer_keeps_the_frame_for_a_retry(settings, cam, everything,
                                                               monkeypatch):
     b = start(settings)

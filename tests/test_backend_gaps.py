@@ -149,3 +149,32 @@ def test_id_block_jump_after_a_power_cycle_is_no_gap_but_later_gaps_still_count(
     event = everything.json_on("espcam/cam-gap/event", lambda e: e["frame"] == gone, start=mark)
     assert Path(event["file"]).read_bytes() == make_jpeg(seed=5)
     assert [c["frame"] for c in resend_commands(everything, mark)] == [gone]
+
+
+def test_each_power_on_of_a_ram_spool_node_is_said_once_whatever_the_uptimes(
+        broker, backend, everything, caplog):
+    """The last state document of a boot that lost power can be its first (the link went soon
+    after it connected), which the next boot's first outlasts: only `boot` tells them apart."""
+    node = LightNode(broker.host, broker.port, "cam-pow", proto=2).start()
+    ram = {"kind": "ram", "frames": 0, "bytes": 0, "budget": 1500000, "dropped": 0}
+
+    def boot_state(uptime: float, boot: int, seed: int) -> None:
+        node.state_overrides = {"reset_cause": "power_on", "spool": ram, "uptime": uptime,
+                                "boot": boot}
+        node.publish_state()
+        # Taken in order after the state: once its event is here, the state was handled.
+        fid = node.publish_frame(make_jpeg(seed=seed))
+        everything.json_on("espcam/cam-pow/event", lambda e: e["frame"] == fid)
+
+    def said() -> int:
+        return sum("node cam-pow lost power" in r.getMessage() for r in caplog.records)
+
+    try:
+        boot_state(1.5, 256, 1)
+        assert said() == 1
+        boot_state(2.5, 512, 2)    # powered on again, up longer than that boot's only state
+        assert said() == 2
+        boot_state(40.0, 512, 3)   # the same boot, later
+        assert said() == 2
+    finally:
+        node.stop()

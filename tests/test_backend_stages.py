@@ -140,24 +140,26 @@ def test_closing_returns_what_could_not_be_done():
 # Which backend modules may import which: each only from layers below its own. Storage and
 # everything under it knows nothing of MQTT; reassembly knows nothing of storage.
 LAYERS = [
-    {"names", "records", "ratelog", "layout", "motion", "people", "faces"},
+    {"names", "records", "ratelog", "layout", "motion", "people", "faces", "indexschema"},
     {"protocol", "jpeg", "analysis_worker"},
+    {"otapack"},
     {"documents", "index", "reassembly", "ledger"},
     {"reconcile", "findings"},
     {"storage", "framestorage", "annotate"},
     {"config", "lanes"},
     {"store", "session", "discovery", "nodes", "analyse"},
-    {"homeassistant", "announce", "confirm", "connection", "doorbell"},
+    {"homeassistant", "announce", "confirm", "connection", "doorbell", "ota"},
     {"frames"},
     {"intake"},
     {"subscriber"},
-    {"cli", "commands", "forget", "health", "brokerusers", "facescli"},
+    {"cli", "commands", "forget", "health", "brokerusers", "facescli", "otacli"},
 ]
 MQTT_FREE = {"names", "records", "ratelog", "protocol", "documents", "jpeg", "index",
+             "indexschema",
              "framestorage", "layout", "reconcile",
              "motion", "people", "faces", "findings", "annotate", "analysis_worker", "analyse",
              "reassembly", "ledger",
-             "storage", "config", "lanes", "store", "nodes", "discovery"}
+             "storage", "config", "lanes", "store", "nodes", "discovery", "otapack", "ota"}
 
 
 def _imports(path: Path) -> tuple[set[str], bool]:

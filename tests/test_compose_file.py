@@ -93,11 +93,13 @@ def test_acl_names_the_users_broker_users_makes_and_confines_nodes_by_user_name(
     assert users == list(SERVICE_USERS)
     patterns = re.findall(r"^pattern (\w+) (\S+)$", acl, re.M)
     assert patterns and all("espcam/%u/" in t for _, t in patterns)
-    # Exactly what the protocol lets a node publish, and read: its commands and confirmations.
-    topics = SPEC["topics"]
-    assert {t.rsplit("/", 1)[1] for a, t in patterns if a == "write"} == {
+    # Exactly what the protocol lets a node publish, and read: its commands, confirmations and
+    # the pieces of an update offered to it.
+    topics = {**SPEC["topics"], **SPEC["ota"]["topics"]}
+    kinds = {(a, t.split("/", 2)[2]) for a, t in patterns}
+    assert {k for a, k in kinds if a == "write"} == {
         k for k, v in topics.items() if v["from"] == "node"}
-    assert {t.rsplit("/", 1)[1] for a, t in patterns if a == "read"} == {"cmd", "confirm"}
+    assert {k for a, k in kinds if a == "read"} == {"cmd", "confirm", "ota/offer", "ota/piece"}
 
 
 def test_backend_runs_espcam_serve_configured_by_environment_with_a_healthcheck():

@@ -1,6 +1,6 @@
 """`espcam faces add|list|remove` and `espcam annotate` on a data directory, and the findings in
 the index: kept with their frame, gone with it, and an index from before analysis still read
-(docs/backend.md, "Analysis"). Photos of real people: tests/facephotos.py."""
+(docs/doorbell.md). Photos of real people: tests/facephotos.py."""
 
 from __future__ import annotations
 

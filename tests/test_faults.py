@@ -2,8 +2,8 @@
 `python -m faults --quick` for real (Mosquitto, `espcam serve` as a process, simulated
 MicroPython nodes) and checks the campaign's count of every node: captured = stored + counted
 lost, and, the spool being on, every frame stored except one the fault loses on purpose and
-the node reports. Packet loss needs root (a network namespace and iptables); without root it
-is skipped with the campaign's reason."""
+the node reports. Packet loss and the storage stall need root (a network namespace, iptables,
+a file system to freeze); without root they are skipped with the campaign's reason."""
 
 from __future__ import annotations
 
@@ -76,3 +76,12 @@ def test_five_percent_packet_loss_loses_nothing(tmp_path):
     dropped = [int(m.group(1)) for note in res["notes"]
                if (m := re.search(r"iptables dropped (\d+) packets", note))]
     assert dropped and dropped[0] > 0, res["output"]
+
+
+def test_a_storage_stall_keeps_the_backend_connected_and_loses_nothing(tmp_path):
+    # The backend's disk frozen (fsfreeze) for 15 s here and 120 s in the full campaign: the
+    # same mechanism, as the backend's session has no keepalive to miss however long it lasts
+    # (tests/test_backend_confirm.py checks that the broker holds none against it).
+    res = run_fault("storage-stall", tmp_path)
+    check(res)
+    assert "the backend stayed connected through the stall" in res["notes"], res["output"]

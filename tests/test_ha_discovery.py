@@ -80,6 +80,13 @@ PLATFORMS: dict[str, tuple[set[str], set[str]]] = {
     # EventDeviceClass (button, doorbell, motion); the payload is a JSON object with
     # `event_type`, the rest its attributes.
     "event": ({"state_topic", "event_types"}, {"value_template", "device_class"}),
+    # update.py PLATFORM_SCHEMA_MODERN (MQTT_RO_SCHEMA: state_topic required); the state a
+    # JSON object (installed_version, latest_version, title, release_summary, in_progress,
+    # update_percentage).
+    "update": ({"state_topic"}, {"command_topic", "payload_install", "device_class",
+                                 "latest_version_topic", "latest_version_template",
+                                 "value_template", "release_summary", "release_url", "title",
+                                 "retain", "display_precision"}),
 }
 EVENT_DEVICE_CLASSES = {"button", "doorbell", "motion"}
 # BinarySensorDeviceClass (binary_sensor/__init__.py), the ones espcam uses or might.

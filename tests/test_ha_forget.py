@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from paho.mqtt import publish
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -71,9 +72,14 @@ def retained_topics(broker, node: str) -> dict[str, bytes | None]:
         got = {m.topic: m.payload for m in o.msgs if m.retain}
     finally:
         o.close()
-    return {t: got.get(t) for t in (
+    named = {t: got.get(t) for t in (
         f"homeassistant/device/espcam_{node}/config", f"espcam/{node}/availability",
         f"espcam/{node}/state", f"espcam/{node}/image", f"espcam/_backend/nodes/{node}")}
+    # And any other retained topic about the node (confirm, updates): none may outlive forget.
+    others = {t: p for t, p in got.items()
+              if (f"/{node}/" in t or t.endswith(f"/{node}") or f"espcam_{node}/" in t)
+              and t not in named and p}
+    return {**named, **others}
 
 
 def test_forget_removes_the_device_and_live_state_and_keeps_frames(broker, settings, data_dir,
@@ -81,6 +87,11 @@ def test_forget_removes_the_device_and_live_state_and_keeps_frames(broker, setti
     backend = start(settings)
     try:
         seen(broker, settings, "cam-old")
+        # As an update in progress would leave them (docs/deploy.md, "Update over the air").
+        for kind in ("ota/offer", "ota/status", "update"):
+            publish.single(f"espcam/cam-old/{kind}", b"{}", qos=1, retain=True,
+                           hostname=broker.host, port=broker.port)
+        assert len(retained_topics(broker, "cam-old")) >= 8
         assert all(retained_topics(broker, "cam-old").values())
         files = frame_files(data_dir, "cam-old")
         assert files

@@ -145,7 +145,8 @@ def test_after_the_cooldown_the_sleeping_node_arms_the_pir_again(observer, make_
 
 def test_the_state_names_no_frame_after_a_power_cycle(observer, make_node):
     node = make_node("cam-1")
-    assert birth_state(observer)["frame"] is None
+    first = birth_state(observer)
+    assert first["frame"] is None
     fid = observer.command("cam-1", {"id": "c1", "cmd": "capture"})["result"]["frame"]
     assert command_state(observer, {"id": "s", "cmd": "status"})[1]["frame"] == fid
     node.kill()   # power cut: RTC memory is gone, the flash (and its id reservation) is kept
@@ -154,6 +155,8 @@ def test_the_state_names_no_frame_after_a_power_cycle(observer, make_node):
     state = birth_state(observer, start=start)
     assert node.boots == 2
     assert state["reset_cause"] == "power_on" and state["frame"] is None
+    # A new power-on, whatever the uptimes say: the backend's `lost power` line rests on it.
+    assert isinstance(first["boot"], int) and state["boot"] > first["boot"]
     ack = observer.command("cam-1", {"id": "c2", "cmd": "capture"})
     assert ack["result"]["frame"] > fid   # a gap, never a repeat
     state = command_state(observer, {"id": "s2", "cmd": "status"})[1]

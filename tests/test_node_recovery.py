@@ -35,9 +35,11 @@ def test_after_a_soft_reset_the_module_driver_is_released_before_it_starts_again
     node = make_node("cam-1", camera_api="module")
     online(observer)
     assert observer.command("cam-1", {"id": "c1", "cmd": "capture"})["ok"]
+    boot = command_state(observer, {"id": "s", "cmd": "status"})[1]["boot"]
     start = observer.mark()
     node.soft_reset()   # Ctrl-D: the interpreter restarts, the camera driver's C state stays
     state = state_after(observer, start, lambda d: d["reset_cause"] == "soft")
+    assert state["boot"] == boot   # not a power-on: RTC memory kept it
     assert state["camera"] == "ok"
     ack = observer.command("cam-1", {"id": "c2", "cmd": "capture"})
     assert ack["ok"], ack

@@ -93,7 +93,8 @@ def test_an_installed_espcam_runs_the_node_app_it_ships(broker, observer, tmp_pa
     package = site / "espcam"
     assert shown.stdout.split() == [
         str(package / "node"), str(package / "sim" / "board"), str(package / "sim" / "launch.py"),
-        f"{package / 'sim' / 'board'}:{package / 'node' / 'lib'}",
+        # ".frozen": the interpreter's own frozen modules (ssl), as on a board.
+        f"{package / 'sim' / 'board'}:.frozen:{package / 'node' / 'lib'}",
     ]
 
     code = "import runpy; runpy.run_module('espcam.sim.runner', run_name='__main__')"

@@ -40,6 +40,17 @@ class Node(Loop):
         self.spool = None
         self.link = Link(cfg, self._on_message)
         self.confirm_topic = self.link.topic("confirm").encode()
+        # Updates over MQTT (ota.py): the module is loaded only while there is an update to
+        # fetch, to confirm or to report, so that every other boot keeps its heap.
+        self.ota = None
+        self.ota_offer = None
+        self.ota_topics = (self.link.topic("ota/offer").encode(),
+                           self.link.topic("ota/piece").encode())
+        if self._ota_pending():
+            try:
+                self.ota_load()
+            except MemoryError:
+                log("update: no heap for ota.py; it waits for the next start")
         self.sender = frames.Sender(cfg["chunk_size"], self.link.topic("frame"))
         self.pending = []
         self.confirms = []
@@ -86,7 +97,8 @@ class Node(Loop):
             return {}
 
     def _rtc_write(self):
-        d = {"fid": self.ids.last, "res": self.ids.reserved, "cap": self.ids.captured}
+        d = {"fid": self.ids.last, "res": self.ids.reserved, "cap": self.ids.captured,
+             "boot": self.ids.boot}
         if self.motion_at is not None:
             d["mt"] = self.motion_at
         if self.ring_at is not None:
@@ -114,6 +126,12 @@ class Node(Loop):
                 self.confirms.append(msg)
             else:
                 self.confirms_lost += 1
+            return
+        if topic in self.ota_topics:
+            if self.ota is not None:
+                self.ota.take(topic, msg)
+            elif topic == self.ota_topics[0] and msg:
+                self.ota_offer = msg   # the main loop loads ota.py, not the middle of a read
             return
         if len(self.pending) < PENDING_MAX:
             self.pending.append(msg)
@@ -224,6 +242,86 @@ class Node(Loop):
             self.spool.close(f)
         self._ack(cid, "resend", {"frame": fid, "chunks": n})
 
+    # -------------------------------------------------------------- updates (ota.py)
+
+    def _ota_pending(self):
+        # Something of an update on flash: an app on trial or an outcome to report (ota.json),
+        # a transfer to resume (next/), an offer that found no heap for ota.py (ota_early).
+        try:
+            with open("ota.json") as f:
+                m = json.load(f)
+            if m.get("trial") or m.get("report"):
+                return True
+        except (OSError, ValueError):
+            pass
+        import os
+        for f in ("next/offer.json", "ota_early"):
+            try:
+                os.stat(f)
+                return True
+            except OSError:
+                pass
+        return False
+
+    def ota_load(self):
+        if self.ota is None:
+            gc.collect()
+            from espcam import ota
+            self.ota = ota.Updater(self.cfg, self.link)
+            # Loaded for an offer, after this connection's birth: nothing left to confirm.
+            self.ota.born_done = self.link.up
+        return self.ota
+
+    def ota_step(self, now):
+        if self.ota_offer is not None:
+            offer, self.ota_offer = self.ota_offer, None
+            try:
+                self.ota_load().offered = offer
+            except MemoryError as e:
+                # ota.py compiled from source needs far more than its ~11 KB of bytecode, and
+                # a heap that has run a while has it only in pieces: once, the node restarts
+                # and loads it first thing (file ota_early), where the retained offer finds it.
+                self.ota = None
+                gc.collect()
+                import os
+                try:
+                    os.remove("ota_early")
+                except OSError:
+                    log("update: no heap to load ota.py now; restarting to load it first")
+                    open("ota_early", "w").close()
+                    self.link.publish("availability", b"offline", retain=True, qos=1)
+                    self.link.close(goodbye=True)
+                    self._rtc_write()
+                    hw.reset()
+                log("update: no heap to load ota.py:", repr(e))
+                self.link.publish("ack", json.dumps(commands.ack(
+                    None, "update", error="no heap to load the updater (ota.py)",
+                    code="no_heap")), qos=1)
+                return
+        o = self.ota
+        if o is None:
+            return
+        o.step(now)
+        if not o.busy() and o.born_done:
+            # Done with it (an update failed, refused or skipped): the heap back for frames.
+            self.ota = None
+            import espcam
+            import os
+            import sys
+            try:
+                os.remove("ota_early")
+            except OSError:
+                pass
+            sys.modules.pop("espcam.ota", None)
+            try:
+                del espcam.ota
+            except AttributeError:
+                pass
+            gc.collect()
+
+    def ota_busy(self):
+        return self.ota_offer is not None or (self.ota is not None and self.ota.busy())
+
     # -------------------------------------------------------------- state out
 
     def state(self):
@@ -240,6 +338,7 @@ class Node(Loop):
             "frame": self.ids.shown(), "camera": hw.camera_error, "chunk_size": cfg["chunk_size"],
             "flash": "on" if hw.flash_is_on() else "off", "sleep_until": self.sleep_until,
             "settings": s, "spool": self.spool.state() if self.spool is not None else None,
+            "boot": self.ids.boot,
         }
 
     def publish_state(self):

@@ -38,6 +38,7 @@ DEFAULTS = {
     "spool_bytes": None,      # the spool's budget; None: SPOOL_BYTES of its kind (spool_budget)
     "spool_dir": "/sd/espcam-spool",
     "confirm_timeout": 15,    # seconds before an unconfirmed frame is sent again (then doubled)
+    "ota_key": None,          # hex HMAC-SHA256 key that updates are signed with (ota.py)
 }
 
 # The default budget of each kind of spool (docs/node.md, "The spool", says why these).

@@ -21,6 +21,10 @@ class FrameIds:
         # Whether `last` names a frame captured since power-on. After a power cut `last` is
         # only the start of a reserved block, a frame that never existed.
         self.captured = rtc.get("cap") is True
+        # The end of the block reserved at the last power-on: new at every power-on and at
+        # nothing else (resets and deep sleep keep it here), so the backend can tell a power-on
+        # it has already seen from a new one (`boot` in the state document).
+        self.boot = rtc.get("boot")
         if type(self.last) is not int or type(self.reserved) is not int:
             self.captured = False
             try:
@@ -31,6 +35,7 @@ class FrameIds:
             self.last = base
             self.reserved = base
             self._reserve()
+            self.boot = self.reserved
 
     def _reserve(self):
         self.reserved += ID_BLOCK

@@ -27,11 +27,12 @@ class Link:
 
     def connect(self):
         # Returns True if the broker still had our session (queued commands and confirmations
-        # follow). Commands and confirmations in one SUBSCRIBE, one round trip per connection,
-        # both at QoS 1 (the confirm topic's QoS, protocol.json; the cmd topic's too).
+        # follow). Commands, confirmations and updates (ota.py) in one SUBSCRIBE, one round
+        # trip per connection, all at QoS 1 (the confirm topic's QoS, protocol.json).
         present = self.mq.connect(clean_session=False)
         self.up = True
-        self.mq.subscribe((self.topic("cmd"), self.topic("confirm")), protocol.CONFIRM_QOS)
+        self.mq.subscribe((self.topic("cmd"), self.topic("confirm"), self.topic("ota/offer"),
+                           self.topic("ota/piece")), protocol.CONFIRM_QOS)
         self.publish("availability", b"online", retain=True, qos=1)
         return present
 

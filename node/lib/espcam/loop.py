@@ -42,6 +42,8 @@ class Loop(Power):
         self.backoff = 1000
         self.next_ping = time.ticks_add(time.ticks_ms(), cfg["keepalive"] * 500)
         self.publish_state()
+        if self.ota is not None:
+            self.ota.born()   # the birth is out: an update on trial has made it (ota.py)
         self.publish_ring()   # a ring made while offline, before its frame is sent again
         # Everything held goes out again once the confirms queued in the session are in.
         self.settle_at = time.ticks_add(time.ticks_ms(), SETTLE_MS)
@@ -54,6 +56,8 @@ class Loop(Power):
         while time.ticks_diff(end, time.ticks_ms()) > 0:
             hw.feed()
             hw.idle()
+            if self.ota is not None:
+                self.ota.overdue(time.ticks_ms())
             try:
                 self._captures_due(time.ticks_ms())
             except Exception as e:
@@ -105,9 +109,12 @@ class Loop(Power):
             self.link.ping()
             self.next_ping = time.ticks_add(now, cfg["keepalive"] * 500)
         self._resend(time.ticks_ms())
+        self.ota_step(time.ticks_ms())
         if self.spool.changed:
             self._rtc_write()
-        if self.duty_sleep_at is not None and self.duty_done(time.ticks_ms()):
+        # A duty-cycle node stays awake while it fetches an update (ota.py).
+        if self.duty_sleep_at is not None and not self.ota_busy() and \
+                self.duty_done(time.ticks_ms()):
             self.sleep(cfg["sleep_interval"])
 
     def camera_start(self):
@@ -128,7 +135,9 @@ class Loop(Power):
             hw.reset()
 
     def owe(self, trigger):
-        # What first_capture() said this boot owes: a button wake rings first.
+        # What first_capture() said this boot owes: a button wake rings first. A boot of a
+        # duty cycle goes back to sleep `awake` s after it is paid and the link is up.
+        self.duty_owed = bool(self.cfg["sleep_interval"])
         if trigger == "button":
             self.ring(self.woke_at)
         else:
@@ -162,7 +171,6 @@ class Loop(Power):
                     if owed is not None:
                         # What this boot owes is captured now, into the spool, not skipped.
                         trigger, owed = owed, None
-                        self.duty_owed = bool(cfg["sleep_interval"])
                         try:
                             self.owe(trigger)
                         except Exception as e:
@@ -174,7 +182,6 @@ class Loop(Power):
                     continue
                 if owed is not None:
                     trigger, owed = owed, None
-                    self.duty_owed = bool(cfg["sleep_interval"])
                     try:
                         self.owe(trigger)
                     except Exception as e:
