@@ -168,6 +168,8 @@ class Analysis:
             try:
                 self._analyse(frame, skipped)
             except Exception:
+                if self._closed:
+                    return  # the backend is stopping and closed the worker's pipes under it
                 self.counters["analysis_failed"] += 1
                 self._warn.exception("analysis-error", "analysis of frame %d of node %s failed",
                                      frame.frame_id, frame.node)
