@@ -208,21 +208,23 @@ MAX_STATE_BYTES = 16 * 1024  # a state document; also the bound for updates' sma
 
 
 class BadDocument(ValueError):
-    pass
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule  # "too_long", "not_json" or "not_object"
 
 
 def parse_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
     """A JSON object from the network, bounded in size; anything else raises BadDocument."""
     if len(payload) > max_bytes:
-        raise BadDocument(f"{len(payload)} bytes, more than {max_bytes}")
+        raise BadDocument("too_long", f"{len(payload)} bytes, more than {max_bytes}")
     try:
         doc = json.loads(payload.decode("utf-8"))
     except ValueError as e:  # also an integer of thousands of digits
-        raise BadDocument(f"not UTF-8 JSON: {str(e)[:80]}") from None
+        raise BadDocument("not_json", f"not UTF-8 JSON: {str(e)[:80]}") from None
     except RecursionError:
-        raise BadDocument("JSON nested too deep") from None
+        raise BadDocument("not_json", "JSON nested too deep") from None
     if not isinstance(doc, dict):
-        raise BadDocument("not a JSON object")
+        raise BadDocument("not_object", "not a JSON object")
     return doc
 
 
@@ -235,15 +237,12 @@ MAX_DROPPED_REASON: int = _DROPPED["max_reason"]
 
 
 def _doc(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    if len(payload) > max_bytes:
-        raise DocumentError("not_json", f"document longer than {max_bytes} bytes")
     try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise DocumentError("not_json", "document is not UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise DocumentError("not_object", "document must be a JSON object")
-    return doc
+        return parse_object(payload, max_bytes)
+    except BadDocument as e:
+        # The spec's rules for confirm and dropped: an oversize document is junk JSON to them.
+        raise DocumentError("not_object" if e.rule == "not_object" else "not_json",
+                            f"document: {e}") from None
 
 
 def _frame_ids(value: Any) -> bool:

@@ -270,7 +270,7 @@ class Backend:
         try:
             req = parse_object(payload, MAX_FORGET_BYTES)
             if not is_node_id(req.get("node")):
-                raise BadDocument("need a valid node id")
+                raise BadDocument("not_object", "need a valid node id")
         except BadDocument as e:
             self.counters["bad_messages"] += 1
             self._warn.warning("forget", "ignored forget request: %s", e)

@@ -9,7 +9,6 @@ lines it added, and whether every frame of the real node was stored.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from bench.common import ROOT, VENV_BIN, Broker, encode_chunks, table
 sys.path.insert(0, str(ROOT / "tests"))
 
 from espcam.backend.session import make_client  # noqa: E402
-from lightnode import LightNode, make_jpeg  # noqa: E402
+from lightnode import LightNode, make_jpeg, many_scans  # noqa: E402
 from polling import wait_until  # noqa: E402
 
 
@@ -63,19 +62,6 @@ def client(broker: Broker, name: str) -> Any:
     c.connect(broker.host, broker.port)
     c.loop_start()
     return c
-
-
-def many_scans(n: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.frombytes("RGB", (64, 48), os.urandom(64 * 48 * 3)).save(
-        buf, "JPEG", progressive=True, quality=90)
-    data = buf.getvalue()
-    last = data.rindex(b"\xff\xda")
-    return data[:last] + data[last:-2] * n + b"\xff\xd9"
 
 
 def attacks(quick: bool) -> list[tuple[str, Any]]:

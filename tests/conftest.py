@@ -96,3 +96,13 @@ def no_watcher_login_from_outside(tmp_path, monkeypatch):
 
     monkeypatch.delenv(CLI_PASSWORD_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def faces_installed() -> None:
+    """The analysis tests need the `faces` extra, which ./test installs (the `dev` extra pulls
+    it in): missing here it is a broken set-up, so the test fails and says so, never skips."""
+    from espcam.backend import faces
+
+    if faces.missing() is not None:
+        pytest.fail(f"the faces extra is not installed ({faces.missing()}): run ./scripts/setup.sh")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import threading
 import time
@@ -30,6 +31,17 @@ def make_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: int =
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def many_scans(n: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated `n` times: a decoder works through every
+    one of them (5000 took 50 s to check before scans were counted)."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (64, 48), os.urandom(64 * 48 * 3)).save(
+        buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * n + b"\xff\xd9"
 
 
 class LightNode:

@@ -18,7 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import facephotos  # noqa: E402
-from espcam.backend import faces  # noqa: E402
 from espcam.backend.analyse import BUTTON, Analysis  # noqa: E402
 from espcam.backend.config import Settings  # noqa: E402
 from espcam.backend.records import StoredFrame  # noqa: E402
@@ -27,8 +26,7 @@ from hass import HomeAssistant, components  # noqa: E402
 
 from espcam.cli import main as espcam  # noqa: E402
 
-needs_faces = pytest.mark.skipif(faces.missing() is not None,
-                                 reason=f"the faces extra: {faces.missing()}")
+needs_faces = pytest.mark.usefixtures("faces_installed")  # fails, never skips
 
 NODE = "cam-door"
 

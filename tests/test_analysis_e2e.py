@@ -15,7 +15,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import facephotos  # noqa: E402
-from espcam.backend import faces  # noqa: E402
 from espcam.backend.config import Settings  # noqa: E402
 from espcam.backend.subscriber import Backend  # noqa: E402
 from hass import HomeAssistant  # noqa: E402
@@ -23,8 +22,7 @@ from observer import parse_chunk  # noqa: E402
 
 from espcam.cli import main as espcam  # noqa: E402
 
-pytestmark = pytest.mark.skipif(faces.missing() is not None,
-                                reason=f"the faces extra: {faces.missing()}")
+pytestmark = pytest.mark.usefixtures("faces_installed")  # fails, never skips
 
 NODE = "cam-porch"
 BUTTON = 12  # beside the simulator's PIR on GPIO13, as docs/hardware.md wires it

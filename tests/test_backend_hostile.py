@@ -5,7 +5,6 @@ the log small, and the refusal counted under the right reason."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -30,7 +28,7 @@ from espcam.backend.protocol import encode_chunks  # noqa: E402
 from espcam.backend.session import make_client  # noqa: E402
 from espcam.backend.storage import Storage  # noqa: E402
 from espcam.backend.subscriber import Backend  # noqa: E402
-from lightnode import LightNode, make_jpeg  # noqa: E402
+from lightnode import LightNode, make_jpeg, many_scans  # noqa: E402
 from polling import wait_until  # noqa: E402
 
 
@@ -52,17 +50,6 @@ def attacker(broker) -> object:
     c.connect(broker.host, broker.port)
     c.loop_start()
     return c
-
-
-def many_scans(n: int) -> bytes:
-    """A progressive JPEG whose last scan is repeated `n` times: a decoder works through every
-    one of them (5000 took 50 s to check before scans were counted)."""
-    buf = io.BytesIO()
-    Image.frombytes("RGB", (64, 48), os.urandom(64 * 48 * 3)).save(
-        buf, "JPEG", progressive=True, quality=90)
-    data = buf.getvalue()
-    last = data.rindex(b"\xff\xda")
-    return data[:last] + data[last:-2] * n + b"\xff\xd9"
 
 
 # 1 -------------------------------------------------------------------------------------------
