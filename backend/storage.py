@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from espcam.backend.index import INDEX_NAME, Index, describe_db_error, why_not_writable
+from espcam.backend.index import Index
+from espcam.backend.indexfile import INDEX_NAME, describe_db_error, why_not_writable
 from espcam.backend.layout import TMP_PREFIX, TMP_SUFFIX, stamp
 from espcam.backend.names import check_node_id, is_node_id
 from espcam.backend.reconcile import reconcile

@@ -90,7 +90,7 @@ class Backend:
         self.reassembler = Reassembler(settings.limits())
         self.health = StorageHealth()
         self.lanes = Lanes(settings.store_workers, settings.max_pending_frames,
-                           settings.max_pending_bytes)
+                           settings.max_pending_bytes, depth=settings.store_overlap)
         self.store = FrameStore(self.storage, settings, self.health, check)
         self.announcer = Announcer(prefix, self.storage.locate, self.publish)
         self.confirmer = Confirmer(prefix, self.publish)

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.ingest --out bench/results/ingest-durable.md     (~6 min)
     .venv/bin/python -m bench.ingest --quick                                   (~1 min)
     .venv/bin/python -m bench.ingest --baseline HEAD --conns 1 --frames 600 --no-profile
-    options: --rounds N, --frames N, --variants now,workers1,workers8,limits, --no-profile,
+    options: --rounds N, --frames N, --variants (some of now, workers1, workers8, overlap1,
+             no_check, alone, limits), --no-profile,
              --history (also the backends of c36bdb5 and b1934b5 and the full-decode candidate),
              --baseline REV (also the backend of that commit, e.g. HEAD before a change),
              --conns N (publisher connections, one node each; 1: a node sending its backlog)
@@ -15,7 +16,9 @@ bench/counter.py (a bare subscriber that only counts bytes: what the broker can 
 bench/durable.py (the simplest durable writer: reassembly, then fsync file, rename, fsync
 directory, acknowledge; no check, no index, no announcement). The backend's ratios to both,
 medians over rounds. Variants, each on its own broker, take turns: the shipped backend with 1,
-4 (default) and 8 store workers, and no backend at all (the two limits alone). Then a paced
+4 (default) and 8 store workers, with a node's frames one at a time (`overlap1`), without the
+JPEG check (`no_check`: what the check costs; never shipped), alone with no counter or durable
+writer beside it (`alone`), and no backend at all (the two limits alone). Then a paced
 stream well under capacity, for latency from the last chunk published to the frame's `event`
 (published once the file, its directory and the index are durable) and to the frame durable in
 the durable writer. Then two more bursts with py-spy on the backend: every thread not waiting,
@@ -227,9 +230,12 @@ def burst(s: Session, frames: int, profile_to: Path | None = None,
     load, host, port, pids = s.load, s.broker.host, s.broker.port, s.pids
     want = load.chunks_of(frames)
     ddir = s.work / f"durable-{time.time_ns()}"
-    counter = Helper(["bench.counter", host, str(port), str(want)])
-    durable = Helper(["bench.durable", host, str(port), str(frames), str(ddir),
-                      "--threads", str(threads or DURABLE_THREADS)])
+    counter = durable = None
+    if not s.alone:
+        counter = Helper(["bench.counter", host, str(port), str(want)])
+        durable = Helper(["bench.durable", host, str(port), str(frames), str(ddir),
+                          "--threads", str(threads or DURABLE_THREADS)])
+    none = {"n": 0, "bytes": 0, "last": float("nan")}
     spy = None
     if profile_to is not None:
         spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid",
@@ -246,13 +252,13 @@ def burst(s: Session, frames: int, profile_to: Path | None = None,
         keys.append(key)
         nbytes += len(load.pool[(load.k - 1) % len(load.pool)])
     t_gen = time.time()
-    d = durable.result(600)
+    d = durable.result(600) if durable else none
     ok = s.watcher.wait(keys, 600) if s.watcher else True
     t_end = max((s.watcher.arrived.get(k, time.time()) for k in keys), default=t_gen) \
         if s.watcher else float("nan")
     t_cpu = time.time()
     cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
-    c = counter.result(120)
+    c = counter.result(120) if counter else none
     # The helpers' own CPU seconds from "ready" to their end, over their own time.
     cpu_c = (c.get("cpu_s", 0) - c.get("cpu_ready", 0)) / max(1e-3, c["last"] - t0)
     cpu_d = (d.get("cpu_s", 0) - d.get("cpu_ready", 0)) / max(1e-3, d["last"] - t0)
@@ -410,7 +416,8 @@ class Session:
 
     def __init__(self, broker_extra: str = "", candidates: str = "",
                  tree: Path | None = None, env: dict[str, str] | None = None,
-                 serve: bool = True) -> None:
+                 serve: bool = True, alone: bool = False) -> None:
+        self.alone = alone  # no counter or durable writer beside the backend in its bursts
         self.work = Path(tempfile.mkdtemp(prefix="espcam-bench-ingest-"))
         self.broker = Broker(self.work / "broker", extra=broker_extra).start()
         self.load: Load | None = None
@@ -467,6 +474,10 @@ def _median(v: list[float]) -> float:
     return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if x == x else ""  # none without a counter and durable writer beside it
+
+
 def _range(v: list[float]) -> str:
     v = [x for x in v if x == x]
     return f"({min(v):.0f}–{max(v):.0f})" if len(v) > 1 else ""
@@ -479,6 +490,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "ESPCAM_STORE_WORKERS": "1"}}},
     "workers8": {"label": "the same with store_workers 8", "kw": {"env": {
         "ESPCAM_STORE_WORKERS": "8"}}},
+    "overlap1": {"label": "the same with store_overlap 1 (a node's frames one at a time)",
+                 "kw": {"env": {"ESPCAM_STORE_OVERLAP": "1"}}},
+    "no_check": {"label": "the same without the JPEG check (bench/serve_candidates.py; never "
+                          "shipped: what the check costs)", "kw": {"candidates": "no_check"}},
+    "alone": {"label": "espcam serve alone on its broker, no counter or durable writer "
+                       "beside it (taking turns)", "kw": {"alone": True}},
     "limits": {"label": "no backend on this broker: the counter and the durable writer alone",
                "kw": {"serve": False}},
 }
@@ -611,9 +628,9 @@ def report(res: dict[str, Any], lat: dict[str, Any], profs: dict[str, Any],
         rows.append([spec["label"], f"{r['backend_fps']:.0f} {_range(r['backend_fps_runs'])}",
                      f"{r['stored_min']}/{frames}", f"{r.get('peak_rss_mb', 0):.0f}",
                      f"{r['backend_cpu']:.2f}", f"{r['broker_cpu']:.2f}",
-                     f"**{r['ratio']:.2f}**" if k == "now" else f"{r['ratio']:.2f}",
+                     f"**{r['ratio']:.2f}**" if k == "now" else _ratio(r["ratio"]),
                      f"**{r['ratio_durable']:.2f}**" if k == "now"
-                     else f"{r['ratio_durable']:.2f}"])
+                     else _ratio(r["ratio_durable"])])
     if "limits" in res:
         r = res["limits"]
         rows.append(["(own broker, taking turns) counter alone",
@@ -623,6 +640,11 @@ def report(res: dict[str, Any], lat: dict[str, Any], profs: dict[str, Any],
                      f"{r['durable_fps']:.0f} {_range(r['durable_fps_runs'])}",
                      f"{r['durable_stored_min']}/{frames}", "", f"{r['durable_cpu']:.2f}", "",
                      f"{r['durable_to_counter']:.2f} (durable / counter)", ""])
+    alone = ""
+    if "alone" in res and "limits" in res:
+        x, y = res["alone"]["backend_fps"], res["limits"]["durable_fps"]
+        alone = (f" Each alone on its broker, taking turns: `espcam serve` {x:.0f} frames/s, "
+                 f"the durable writer {y:.0f}, a ratio of **{x / y:.2f}**.")
     text = (f"{conns} publisher connections, {len(pool)} VGA JPEGs of {sizes[0] // 1000} … "
             f"{sizes[-1] // 1000} KB, chunk size {CHUNK}; {rounds} round(s) of one burst of "
             f"{frames} frames per variant, taking turns, each variant on its own broker. In "
@@ -641,7 +663,7 @@ def report(res: dict[str, Any], lat: dict[str, Any], profs: dict[str, Any],
             + ", ".join(f"{x:.2f}" for x in a["ratio_durable_runs"])
             + f"); target >= 0.8 of the durable writer.** The durable writer reached "
             f"{a['durable_to_counter']:.2f} of the counter in the same bursts. Generator "
-            f"finished publishing in {a['gen_s']:.2f} s (median).")
+            f"finished publishing in {a['gen_s']:.2f} s (median)." + alone)
     if lat:
         b = lat["now"]
         rows = []

@@ -74,7 +74,12 @@ def test_sigkill_mid_stream_loses_no_frame_published_while_down(broker, tmp_path
         w.wait_for(lambda _: set(range(down_from, last + 1)) <= stored(), timeout=60)
         # Frames the dead backend had half read are asked for again; the node holds only its
         # newest frame, says so, and the backend logs each as lost.
-        w.wait_for(lambda _: all(fid in stored() or lost_logged(fid) for fid in frames))
+        try:
+            w.wait_for(lambda _: all(fid in stored() or lost_logged(fid) for fid in frames))
+        except TimeoutError:
+            missing = sorted(f for f in frames if f not in stored() and not lost_logged(f))
+            raise AssertionError(f"frames neither stored nor said lost: {missing}; stored "
+                                 f"{sorted(stored())[:40]}") from None
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

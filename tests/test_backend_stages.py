@@ -141,7 +141,7 @@ def test_closing_returns_what_could_not_be_done():
 # everything under it knows nothing of MQTT; reassembly knows nothing of storage.
 LAYERS = [
     {"names", "records", "ratelog", "layout", "motion", "people", "faces", "indexschema"},
-    {"protocol", "jpeg", "analysis_worker"},
+    {"protocol", "jpeg", "analysis_worker", "indexfile"},
     {"otapack"},
     {"documents", "index", "reassembly", "ledger"},
     {"reconcile", "findings"},
@@ -155,7 +155,7 @@ LAYERS = [
     {"cli", "commands", "forget", "health", "brokerusers", "facescli", "otacli"},
 ]
 MQTT_FREE = {"names", "records", "ratelog", "protocol", "documents", "jpeg", "index",
-             "indexschema",
+             "indexschema", "indexfile",
              "framestorage", "layout", "reconcile",
              "motion", "people", "faces", "findings", "annotate", "analysis_worker", "analyse",
              "reassembly", "ledger",
