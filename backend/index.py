@@ -1,7 +1,8 @@
 """The SQLite index of stored frames and known nodes (its file: indexfile.py).
 
 Knows rows, not files: storage.py writes the files and keeps this index in step with them.
-One connection per process, shared by the backend's store workers: every use holds `lock`.
+One connection per process, shared by the backend's store workers: every use of it holds
+`lock`; a few per-node figures kept in memory are read without it (see `__init__`).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class Lanes:
     def __init__(self, workers: int, max_jobs: int, max_bytes: int,
                  name: str = "espcam-lane", depth: int | None = None) -> None:
         """`depth`: overlapping jobs of one lane running at once (the setting `store_overlap`;
-        1 is a node's frames one at a time). One node sending its backlog is stored 1.2x as
+        1 is a node's frames one at a time). One node sending its backlog is stored 1.15x as
         fast with 3 as with 1 on an idle machine (docs/benchmarks.md, issue 14)."""
         self.max_jobs, self.max_bytes = max_jobs, max_bytes
         self.depth = max(1, depth if depth is not None else 1)

@@ -16,11 +16,9 @@ import time
 from binascii import hexlify, unhexlify
 
 from espcam import VERSION, commands, hw
+from espcam.otaslot import NEXT, SLOTS, makedirs, read_mark, rmtree, rollback, size_of, write_mark
 from espcam.outbox import log
 
-MARK = "ota.json"
-NEXT = "next"
-SLOTS = ("app_a", "app_b")
 PIECE = ">2sBBIHI"     # magic b"EU", version 1, reserved 0, tag, file index, offset
 PIECE_LEN = 14
 WINDOW = 8192          # bytes asked for at once: a few pieces in flight, no more
@@ -49,63 +47,6 @@ def same(a, b):
     for i in range(len(a)):
         d |= a[i] ^ b[i]
     return d == 0
-
-
-def read_mark():
-    try:
-        with open(MARK) as f:
-            m = json.load(f)
-        return m if isinstance(m, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def write_mark(m):
-    with open(MARK + ".tmp", "w") as f:
-        json.dump(m, f)
-    os.rename(MARK + ".tmp", MARK)
-
-
-def rollback(m, why):
-    # The same as boot.py's, for a new app that finds itself broken (no birth in time).
-    m["failed"] = m.get("id")
-    m["report"] = {"id": m.get("id"), "state": "rolled_back", "version": m.get("ver"),
-                   "error": why, "code": "rolled_back"}
-    m["app"], m["ver"] = m.get("prev"), m.get("prev_ver")
-    m["prev"] = None
-    m["trial"] = False
-    write_mark(m)
-
-
-def rmtree(path):
-    try:
-        kids = os.listdir(path)
-    except OSError:
-        return
-    for k in kids:
-        p = path + "/" + k
-        try:
-            os.remove(p)
-        except OSError:
-            rmtree(p)
-    os.rmdir(path)
-
-
-def size_of(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
-
-
-def makedirs(path):
-    at = ""
-    for part in path.split("/"):
-        at = at + "/" + part if at else part
-        try:
-            os.mkdir(at)
-        except OSError:
-            pass
 
 
 class Refused(Exception):
