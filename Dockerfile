@@ -14,7 +14,10 @@ COPY sim ./sim
 COPY provision ./provision
 COPY espcam ./espcam
 COPY node ./node
-RUN pip install . \
+# Extras, comma-separated: `docker compose build --build-arg EXTRAS=s3` for frames in an
+# S3-compatible object store (docs/backend.md, "Object storage"). None by default.
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
     && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home espcam \
     && mkdir -p /data \
     && chown espcam:espcam /data

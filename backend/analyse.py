@@ -21,6 +21,7 @@ worker process (analysis_worker.py) look at each; it writes what was found to th
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import select
@@ -63,12 +64,13 @@ def available(settings: Settings) -> str | None:
 class Analysis:
     def __init__(self, settings: Settings, data_root: str, index: Index,
                  locate: Callable[[StoredFrame], str],
-                 deliver: Callable[[findings.Findings], None], warn: RateLimitedLog) -> None:
-        """`locate(frame)`: the stored frame's file, which the worker reads (a backing store
-        without files would hand it the bytes instead); `deliver(findings)`: back to the
-        loop."""
+                 deliver: Callable[[findings.Findings], None], warn: RateLimitedLog,
+                 read: Callable[[StoredFrame], bytes] | None = None) -> None:
+        """`locate(frame)`: where the stored frame is; the worker reads it there when it is
+        a file. `read(frame)`: its bytes, for a store without files (object storage): they go
+        to the worker in the job. `deliver(findings)`: back to the loop."""
         self.settings, self.data_root, self.index = settings, data_root, index
-        self._locate = locate
+        self._locate, self._read = locate, read
         self._deliver, self._warn = deliver, warn
         self.thresholds = parse_thresholds(settings.motion_thresholds)
         self.counters: Counter[str] = Counter()
@@ -183,6 +185,14 @@ class Analysis:
         file = self._locate(frame)
         job = {"node": frame.node, "path": file,
                "tolerance": self.settings.face_tolerance}
+        if self._read is not None:
+            try:
+                job["jpeg"] = base64.b64encode(self._read(frame)).decode()
+            except OSError as e:
+                self.counters["analysis_failed"] += 1
+                self._warn.error(f"analysis-read:{frame.node}", "cannot read frame %d of node "
+                                 "%s for analysis: %s", frame.frame_id, frame.node, e)
+                return
         answer = self._ask(job)
         if answer is None:
             return

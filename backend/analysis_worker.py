@@ -18,6 +18,7 @@ stderr, with the log.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -61,7 +62,9 @@ class Worker:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        data = Path(job["path"]).read_bytes()
+        # The bytes come in the job when the frame is not a file (object storage).
+        data = (base64.b64decode(job["jpeg"]) if "jpeg" in job
+                else Path(job["path"]).read_bytes())
         node = job["node"]
         small = motion.reduce(data)
         before = self._previous.pop(node, None)

@@ -25,7 +25,7 @@ from espcam.backend.documents import SETTINGS, CommandError, build_command
 from espcam.backend.names import check_node_id
 
 if TYPE_CHECKING:
-    from espcam.backend.storage import Storage
+    from espcam.backend.framestorage import FrameStorage
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_QUEUED, EXIT_NO_ANSWER = range(6)
 
@@ -193,17 +193,18 @@ def cmd_node_command(args: argparse.Namespace, settings: config_mod.Settings) ->
     }[result.outcome]
 
 
-def _open_storage(settings: config_mod.Settings) -> Storage | None:
+def _open_storage(settings: config_mod.Settings) -> FrameStorage | None:
     """The index, read-only: listing never writes, so it works on a read-only data
     directory and next to a running `espcam serve`."""
-    from espcam.backend.storage import INDEX_NAME, Storage, StorageError
+    from espcam.backend.openstorage import open_storage
+    from espcam.backend.storage import INDEX_NAME, StorageError
 
     if not (Path(settings.data_dir) / INDEX_NAME).is_file():
         print(f"espcam: no index in {settings.data_dir} (has `espcam serve` run with this "
               "--data-dir?)", file=sys.stderr)
         return None
     try:
-        return Storage(settings.data_dir, settings.retention(), readonly=True)
+        return open_storage(settings, readonly=True)
     except StorageError as e:
         print(f"espcam: {e.strerror}", file=sys.stderr)
         return None
@@ -256,13 +257,13 @@ def cmd_frames(args: argparse.Namespace, settings: config_mod.Settings) -> int:
     finally:
         storage.close()
     if args.json:
-        print(json.dumps([f.as_dict() | {"file": str(root / f.path),
+        print(json.dumps([f.as_dict() | {"file": storage.locate(f),
                                          "analysis": _analysis(a)}
                           for f, a in zip(frames, found, strict=True)], indent=2))
         return EXIT_OK
     for f, a in zip(frames, found, strict=True):
         print(f"{f.frame_id:>10}  {_when(f.captured_at or f.received_at)}  {f.bytes:>8} B  "
-              f"{f.width}x{f.height}  {f.trigger or '-':<9} {root / f.path}"
+              f"{f.width}x{f.height}  {f.trigger or '-':<9} {storage.locate(f)}"
               + (f"  {_summary(a)}" if a is not None else ""))
     return EXIT_OK
 

@@ -15,6 +15,7 @@ from typing import Any
 from espcam.backend.jpeg import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS
 from espcam.backend.motion import DEFAULT_THRESHOLD, parse_thresholds
 from espcam.backend.names import check_prefix
+from espcam.backend.objectstorage import parse_frames_url
 from espcam.backend.people import DEFAULT_TOLERANCE
 from espcam.backend.reassembly import Limits
 from espcam.backend.storage import Retention
@@ -48,6 +49,11 @@ class Settings:
     store_workers: int = 4
     store_overlap: int = 3
     retention_interval: float = 3600.0
+    # Frames in an S3-compatible object store (s3://bucket[/prefix]) instead of data_dir,
+    # which keeps the index (docs/backend.md, "Object storage"; needs the s3 extra).
+    frames_url: str = ""
+    s3_endpoint: str = ""  # e.g. http://minio:9000; empty: AWS S3
+    s3_region: str = ""
     # [limits]
     max_frame_bytes: int = Limits.max_frame_bytes
     max_chunks: int = Limits.max_chunks
@@ -102,7 +108,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
              "ca_file"),
     "storage": ("data_dir", "retention_days", "retention_bytes", "retry_interval",
                 "max_pending_frames", "max_pending_bytes", "store_workers", "store_overlap",
-                "retention_interval"),
+                "retention_interval", "frames_url", "s3_endpoint", "s3_region"),
     "limits": ("max_frame_bytes", "max_chunks", "max_frames_per_node", "max_frames_total",
                "max_bytes_total", "resend_after", "resend_tries", "max_age",
                "max_stranger_frames", "max_stranger_bytes", "max_pixels", "max_scans",
@@ -230,6 +236,11 @@ def load(
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, not {getattr(settings, name)}")
     _check_analysis(settings)
+    if settings.frames_url:
+        try:
+            parse_frames_url(settings.frames_url)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return settings
 
 

@@ -22,8 +22,8 @@ from espcam.backend.names import check_node_id
 
 if TYPE_CHECKING:
     from espcam.backend.config import Settings
+    from espcam.backend.framestorage import FrameStorage
     from espcam.backend.records import StoredFrame
-    from espcam.backend.storage import Storage
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -78,18 +78,19 @@ def _fail(text: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
-def _storage(settings: Settings) -> Storage | None:
-    from espcam.backend.storage import Storage, StorageError
+def _storage(settings: Settings) -> FrameStorage | None:
+    from espcam.backend.openstorage import open_storage
+    from espcam.backend.storage import StorageError
 
     try:
-        return Storage(settings.data_dir, readonly=True)
+        return open_storage(settings, readonly=True)
     except (StorageError, OSError) as e:
         print(f"espcam: no index in {settings.data_dir} ({getattr(e, 'strerror', e)})",
               file=sys.stderr)
         return None
 
 
-def _stored(storage: Storage, ref: tuple[str, int]) -> StoredFrame | None:
+def _stored(storage: FrameStorage, ref: tuple[str, int]) -> StoredFrame | None:
     try:
         return storage.frame(*ref)
     except sqlite3.Error:

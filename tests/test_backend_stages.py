@@ -144,10 +144,10 @@ LAYERS = [
     {"protocol", "jpeg", "analysis_worker", "indexfile"},
     {"otapack"},
     {"documents", "index", "reassembly", "ledger"},
-    {"reconcile", "findings"},
-    {"storage", "framestorage", "annotate"},
+    {"reconcile", "findings", "indexed"},
+    {"storage", "objectstorage", "framestorage", "annotate"},
     {"config", "lanes"},
-    {"store", "session", "discovery", "nodes", "analyse"},
+    {"store", "session", "discovery", "nodes", "analyse", "openstorage"},
     {"homeassistant", "announce", "confirm", "connection", "doorbell", "ota"},
     {"frames"},
     {"intake"},
@@ -156,7 +156,7 @@ LAYERS = [
 ]
 MQTT_FREE = {"names", "records", "ratelog", "protocol", "documents", "jpeg", "index",
              "indexschema", "indexfile",
-             "framestorage", "layout", "reconcile",
+             "framestorage", "layout", "reconcile", "indexed", "objectstorage", "openstorage",
              "motion", "people", "faces", "findings", "annotate", "analysis_worker", "analyse",
              "reassembly", "ledger",
              "storage", "config", "lanes", "store", "nodes", "discovery", "otapack", "ota"}

@@ -155,6 +155,17 @@ class Loop(Power):
         self.rest()
         if cfg["watchdog"]:
             hw.watchdog_start(cfg["watchdog"] * 1000)
+        # The camera's objects (a driver loaded from .py, with its compiler garbage) and the
+        # spool's live as long as the app: collect first, so that they land at the bottom of
+        # the heap instead of splitting the free block the module driver's frames need.
+        gc.collect()
+        # And collect whenever an eighth of the free heap has been allocated since the last
+        # collection: the frames of the functions that call the camera (tick, capture: the VM
+        # puts those with many locals on the heap) are allocated before capture() collects.
+        # Once a second's garbage filled the small holes, they landed just above the last
+        # frame's buffer and, with it gone, split the block the next frame needed (MemoryError
+        # for one larger than the last, with nothing left in the spool to drop).
+        gc.threshold(gc.mem_free() // 8)
         self.camera_start()
         self.start_spool()
         owed = self.first_capture()
