@@ -184,7 +184,7 @@ class ObjectStorage(IndexedFrames):
                         CopySource={"Bucket": self.bucket, "Key": self._key(stored.path)},
                         ContentType="image/jpeg", MetadataDirective="REPLACE")
                 self._apply_retention(node, received_at)
-        except (*self._errors, sqlite3.Error) as e:
+        except (*self._errors, OSError, sqlite3.Error) as e:
             log.error("frame %d of node %s is stored, but latest.jpg or retention failed: %s",
                       frame_id, node, _describe(e) if isinstance(e, self._errors) else e)
         return stored
@@ -216,12 +216,16 @@ class ObjectStorage(IndexedFrames):
             log.error("cannot delete %s from %s: %s", rel, self.url, _describe(e))
 
     def _delete(self, rels: list[str]) -> list[str]:
-        """Delete objects (deleting a missing one succeeds); returns those not deleted."""
+        """Delete objects (deleting a missing one succeeds); returns those the store refused
+        to delete. ObjectStoreError when it cannot be asked."""
         failed = []
         for start in range(0, len(rels), 1000):  # DeleteObjects takes 1 000 at most
             batch = rels[start:start + 1000]
-            answer = self._s3.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": self._key(r)} for r in batch], "Quiet": True})
+            try:
+                answer = self._s3.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(r)} for r in batch], "Quiet": True})
+            except self._errors as e:
+                raise self._failed(f"delete {len(batch)} frame(s)", e) from e
             for err in answer.get("Errors", []):
                 failed.append(err["Key"][len(self.prefix):])
                 log.error("cannot delete %s: %s", err["Key"], err.get("Message", ""))
@@ -233,10 +237,7 @@ class ObjectStorage(IndexedFrames):
         deleted = 0
         if delete_frames:
             paths = [path for _, path in self.index.paths(node)]
-            try:
-                failed = set(self._delete([*paths, f"{node}/latest.jpg"]))
-            except self._errors as e:
-                raise self._failed(f"delete the frames of node {node}", e) from e
+            failed = set(self._delete([*paths, f"{node}/latest.jpg"]))
             deleted = sum(1 for p in paths if p not in failed)
             self.index.delete_node_frames(node)
         self.index.delete_node(node)

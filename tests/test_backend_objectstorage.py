@@ -203,3 +203,19 @@ def test_without_boto3_the_error_says_which_extra_to_install(tmp_path, monkeypat
     with pytest.raises(StorageError, match=r"pip install 'espcam\[s3\]'"):
         ObjectStorage(tmp_path / "data", "s3://frames")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_retention_against_a_store_gone_away_is_a_storage_error_and_deletes_no_row(
+        tmp_path, creds):
+    server = S3Server(tmp_path / "s3").start()
+    try:
+        server.client().create_bucket(Bucket="frames")
+        store = ObjectStorage(tmp_path / "data", "s3://frames", endpoint=server.endpoint,
+                              retention=Retention(max_age_days=1))
+        put(store, "cam-1", 1, jpeg(1))
+        put(store, "cam-1", 2, jpeg(2), T0 + 10)
+    finally:
+        server.stop()
+    with pytest.raises(StorageError, match="cannot delete 1 frame"):
+        store.apply_retention("cam-1", now=T0 + 3 * 86400)
+    assert [f.frame_id for f in store.frames("cam-1")] == [1, 2]  # rows kept: retried later
