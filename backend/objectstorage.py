@@ -116,7 +116,6 @@ class ObjectStorage(IndexedFrames):
         except ValueError as e:
             raise StorageError(errno.EINVAL, str(e)) from None
         self.retention = retention or Retention()
-        self.readonly = readonly
         self._s3 = _client(endpoint, region, pool)
         from botocore.exceptions import BotoCoreError, ClientError
         self._errors: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
